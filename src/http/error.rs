@@ -1,0 +1,157 @@
+//! The one place errors become HTTP answers: `application/problem+json` (RFC 9457).
+
+use crate::delivery::DeliveryError;
+use crate::guard::GuardError;
+use crate::ops::order::ValidationError;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+/// Every way a request can fail before or around the guard.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field of the payload is invalid.
+    #[error("{0}")]
+    Validation(#[from] ValidationError),
+    /// The body could not be decoded at all.
+    #[error("{0}")]
+    Malformed(String),
+    /// The body is over the limit.
+    #[error("body larger than {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Wrong content type.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// No such route or resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// Route exists, method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Key reused with another payload.
+    #[error("{detail}")]
+    KeyReused {
+        /// The operation ID.
+        operation_id: String,
+        /// What was reused.
+        detail: String,
+    },
+    /// Outcome unknown; retry later.
+    #[error("{detail}")]
+    Unavailable {
+        /// Why.
+        detail: String,
+        /// Seconds for `Retry-After`.
+        retry_after: u64,
+    },
+    /// A bug or corrupt data; details are logged, not returned.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_) | ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Short machine name, also the last segment of the problem type and the logged outcome.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation(_) => "invalid-field",
+            ApiError::Malformed(_) => "malformed-body",
+            ApiError::TooLarge { .. } => "body-too-large",
+            ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::MethodNotAllowed => "method-not-allowed",
+            ApiError::KeyReused { .. } => "key-reused",
+            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// Map a guard failure, with the configured `Retry-After`.
+    pub fn from_guard(e: GuardError, retry_after: u64) -> Self {
+        match e {
+            GuardError::KeyReused { operation_id } => ApiError::KeyReused {
+                detail: "this key was first used with a different payload; nothing was changed"
+                    .into(),
+                operation_id,
+            },
+            GuardError::Unavailable(detail) => ApiError::Unavailable {
+                detail,
+                retry_after,
+            },
+            GuardError::Operation(detail) => ApiError::Internal(detail),
+        }
+    }
+
+    /// The problem+json body.
+    pub fn body(&self) -> Value {
+        let status = self.status();
+        let detail = match self {
+            ApiError::Internal(_) => "internal error; it has been logged".to_string(),
+            ApiError::Unavailable { detail, .. } => {
+                format!("the outcome is not known yet; retry with the same request ({detail})")
+            }
+            other => other.to_string(),
+        };
+        let mut body = json!({
+            "type": format!("/problems/{}", self.code()),
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": detail,
+        });
+        match self {
+            ApiError::Validation(v) => body["field"] = json!(v.field),
+            ApiError::KeyReused { operation_id, .. } => body["operation_id"] = json!(operation_id),
+            _ => {}
+        }
+        body
+    }
+}
+
+impl From<DeliveryError> for ApiError {
+    fn from(e: DeliveryError) -> Self {
+        match e {
+            DeliveryError::UnsupportedMediaType(_) => ApiError::UnsupportedMediaType(e.to_string()),
+            DeliveryError::MalformedJson(_) => ApiError::Malformed(e.to_string()),
+        }
+    }
+}
+
+/// A problem+json response with `status` and `body`.
+pub fn problem(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = problem(self.status(), &self.body());
+        if let ApiError::Unavailable { retry_after, .. } = &self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        resp
+    }
+}

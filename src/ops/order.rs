@@ -1,0 +1,468 @@
+//! The order operation from article 003, done right: every item read before any write, and a
+//! business rejection stored as an outcome instead of raised (which would roll back the status
+//! write and make every redelivery try again, forever).
+
+use super::{Decision, DocRef, OpError, Operation, Rejection, Snapshot, Write};
+use crate::config::Collections;
+use crate::guard::key::{hashed_id, is_valid_document_id, Fingerprint};
+use firestore::FirestoreInstant;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+/// Longest accepted `order_id`, in bytes. It is hashed, so any content is safe; the cap keeps
+/// status documents and logs small.
+pub const MAX_ORDER_ID_BYTES: usize = 4096;
+/// Most lines in one order: every line is one read and one write in the same transaction,
+/// and Firestore caps a commit at 500 writes.
+pub const MAX_LINES: usize = 100;
+/// Largest quantity on one line; keeps stock arithmetic far from overflow.
+pub const MAX_QUANTITY: i64 = 1_000_000_000;
+
+/// A request field that fails validation: answered 400 to direct callers, nothing written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// JSON path of the offending field, e.g. `items[2].quantity`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ValidationError {
+    /// Build one from a field path and a message.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One order line; also its stored and canonical form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    /// Document ID under the items collection.
+    pub item_id: String,
+    /// Units to take; positive.
+    pub quantity: i64,
+}
+
+/// An order: take every line's quantity from stock, all or nothing, once per `order_id`.
+#[derive(Clone, Debug)]
+pub struct Order {
+    order_id: String,
+    /// Sorted by `item_id`, so line order in the request does not change the fingerprint.
+    lines: Vec<Line>,
+    items: String,
+    orders: String,
+}
+
+#[derive(Deserialize)]
+struct Item {
+    stock: i64,
+}
+
+#[derive(Serialize)]
+struct StockUpdate {
+    stock: i64,
+}
+
+/// The accepted order as stored in `orders/{operation_id}`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct OrderDoc {
+    /// The caller's order ID, raw.
+    pub order_id: String,
+    /// Lines, as an array of maps (Firestore refuses arrays inside arrays).
+    pub lines: Vec<Line>,
+    /// `processed`, later `cancelled`.
+    pub state: String,
+    /// When it was accepted.
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub created_at: FirestoreInstant,
+    /// Last state change.
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub updated_at: FirestoreInstant,
+}
+
+#[derive(Serialize)]
+struct Canonical<'a> {
+    order_id: &'a str,
+    lines: &'a [Line],
+}
+
+fn quantity(v: &Value, field: &str) -> Result<i64, ValidationError> {
+    match v.as_i64() {
+        Some(q) if (1..=MAX_QUANTITY).contains(&q) => Ok(q),
+        _ => Err(ValidationError::new(
+            field,
+            format!("must be an integer from 1 to {MAX_QUANTITY}"),
+        )),
+    }
+}
+
+fn item_id(v: &Value, field: &str) -> Result<String, ValidationError> {
+    match v.as_str() {
+        Some(s) if is_valid_document_id(s) => Ok(s.to_owned()),
+        Some("") => Err(ValidationError::new(field, "must not be empty")),
+        Some(_) => Err(ValidationError::new(
+            field,
+            "must be a Firestore document ID: at most 1500 bytes, no '/', not '.', '..' or '__…__'",
+        )),
+        None => Err(ValidationError::new(field, "must be a string")),
+    }
+}
+
+impl Order {
+    /// Validate a JSON order in either accepted shape:
+    /// `{"order_id","item_id","quantity"}` or `{"order_id","items":[{"item_id","quantity"}]}`.
+    pub fn parse(body: &Value, collections: &Collections) -> Result<Self, ValidationError> {
+        let obj = body
+            .as_object()
+            .ok_or_else(|| ValidationError::new("body", "must be a JSON object"))?;
+        let order_id = match obj.get("order_id") {
+            None | Some(Value::Null) => {
+                return Err(ValidationError::new("order_id", "is required"))
+            }
+            Some(Value::String(s)) if s.is_empty() => {
+                return Err(ValidationError::new("order_id", "must not be empty"))
+            }
+            Some(Value::String(s)) if s.len() > MAX_ORDER_ID_BYTES => {
+                return Err(ValidationError::new(
+                    "order_id",
+                    format!("must be at most {MAX_ORDER_ID_BYTES} bytes"),
+                ))
+            }
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(ValidationError::new("order_id", "must be a string")),
+        };
+        let single = obj.contains_key("item_id") || obj.contains_key("quantity");
+        let mut lines = match (obj.get("items"), single) {
+            (Some(_), true) => {
+                return Err(ValidationError::new(
+                    "items",
+                    "give either item_id and quantity, or items, not both",
+                ))
+            }
+            (None, false) => {
+                return Err(ValidationError::new(
+                    "item_id",
+                    "is required (or items, a list of lines)",
+                ))
+            }
+            (None, true) => {
+                let id = item_id(obj.get("item_id").unwrap_or(&Value::Null), "item_id").map_err(
+                    |e| match obj.get("item_id") {
+                        None | Some(Value::Null) => ValidationError::new("item_id", "is required"),
+                        _ => e,
+                    },
+                )?;
+                let q = quantity(obj.get("quantity").unwrap_or(&Value::Null), "quantity")?;
+                vec![Line {
+                    item_id: id,
+                    quantity: q,
+                }]
+            }
+            (Some(items), false) => {
+                let arr = items
+                    .as_array()
+                    .ok_or_else(|| ValidationError::new("items", "must be an array of lines"))?;
+                if arr.is_empty() {
+                    return Err(ValidationError::new("items", "must not be empty"));
+                }
+                if arr.len() > MAX_LINES {
+                    return Err(ValidationError::new(
+                        "items",
+                        format!("at most {MAX_LINES} lines per order"),
+                    ));
+                }
+                let mut lines = Vec::with_capacity(arr.len());
+                for (i, line) in arr.iter().enumerate() {
+                    let line = line.as_object().ok_or_else(|| {
+                        ValidationError::new(format!("items[{i}]"), "must be an object")
+                    })?;
+                    let f = format!("items[{i}].item_id");
+                    let id = match line.get("item_id") {
+                        None | Some(Value::Null) => {
+                            return Err(ValidationError::new(f, "is required"))
+                        }
+                        Some(v) => item_id(v, &f)?,
+                    };
+                    let q = quantity(
+                        line.get("quantity").unwrap_or(&Value::Null),
+                        &format!("items[{i}].quantity"),
+                    )?;
+                    lines.push(Line {
+                        item_id: id,
+                        quantity: q,
+                    });
+                }
+                lines
+            }
+        };
+        lines.sort_by(|a, b| a.item_id.cmp(&b.item_id));
+        if let Some(w) = lines.windows(2).find(|w| w[0].item_id == w[1].item_id) {
+            return Err(ValidationError::new(
+                "items",
+                format!("item_id {:?} appears on more than one line", w[0].item_id),
+            ));
+        }
+        Ok(Self {
+            order_id,
+            lines,
+            items: collections.items.clone(),
+            orders: collections.orders.clone(),
+        })
+    }
+
+    /// The caller's order ID.
+    pub fn order_id(&self) -> &str {
+        &self.order_id
+    }
+
+    /// Lines sorted by item ID.
+    pub fn lines(&self) -> &[Line] {
+        &self.lines
+    }
+
+    fn item(&self, id: &str) -> DocRef {
+        DocRef::new(&self.items, id)
+    }
+}
+
+/// Reject with `reason`, naming the item.
+fn reject(reason: &str, detail: String, extra: Value) -> Decision {
+    let extra = match extra {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    Decision::Reject(Rejection {
+        reason: reason.to_owned(),
+        detail,
+        extra,
+    })
+}
+
+impl Operation for Order {
+    fn kind(&self) -> &'static str {
+        "order"
+    }
+
+    fn key(&self) -> &str {
+        &self.order_id
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(
+            self.kind(),
+            &Canonical {
+                order_id: &self.order_id,
+                lines: &self.lines,
+            },
+        )
+    }
+
+    fn reads(&self) -> Vec<DocRef> {
+        self.lines.iter().map(|l| self.item(&l.item_id)).collect()
+    }
+
+    fn decide(&self, snapshot: &Snapshot) -> Result<Decision, OpError> {
+        let mut writes = Vec::with_capacity(self.lines.len() + 1);
+        for line in &self.lines {
+            let doc = self.item(&line.item_id);
+            let Some(item) = snapshot.get::<Item>(&doc)? else {
+                return Ok(reject(
+                    "unknown_item",
+                    format!("item {:?} does not exist", line.item_id),
+                    json!({"item_id": line.item_id}),
+                ));
+            };
+            if item.stock < line.quantity {
+                return Ok(reject(
+                    "insufficient_stock",
+                    format!(
+                        "item {:?} has {} in stock, the order needs {}",
+                        line.item_id, item.stock, line.quantity
+                    ),
+                    json!({"item_id": line.item_id, "available": item.stock, "requested": line.quantity}),
+                ));
+            }
+            writes.push(Write::update(
+                doc,
+                &StockUpdate {
+                    stock: item.stock - line.quantity,
+                },
+            )?);
+        }
+        let order_doc = DocRef::new(&self.orders, hashed_id(self.kind(), &self.order_id));
+        writes.push(Write::create(
+            order_doc,
+            &OrderDoc {
+                order_id: self.order_id.clone(),
+                lines: self.lines.clone(),
+                state: "processed".into(),
+                created_at: snapshot.now(),
+                updated_at: snapshot.now(),
+            },
+        )?);
+        let mut result = Map::new();
+        result.insert("order_id".into(), json!(self.order_id));
+        result.insert("lines".into(), json!(self.lines));
+        Ok(Decision::Apply { writes, result })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::Fields;
+
+    fn cols() -> Collections {
+        Collections::default()
+    }
+
+    fn parse(v: Value) -> Result<Order, ValidationError> {
+        Order::parse(&v, &cols())
+    }
+
+    fn field_of(v: Value) -> String {
+        match parse(v) {
+            Err(e) => e.field,
+            Ok(o) => panic!("accepted {o:?}"),
+        }
+    }
+
+    #[test]
+    fn both_shapes_parse_to_the_same_fingerprint() {
+        let a = parse(json!({"order_id":"o1","item_id":"apple","quantity":2})).unwrap();
+        let b = parse(json!({"order_id":"o1","items":[{"item_id":"apple","quantity":2}]})).unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        let c = parse(json!({"order_id":"o1","items":[{"item_id":"apple","quantity":3}]})).unwrap();
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn line_order_does_not_change_fingerprint() {
+        let a = parse(json!({"order_id":"o","items":[{"item_id":"a","quantity":1},{"item_id":"b","quantity":2}]})).unwrap();
+        let b = parse(json!({"quantity_note":"ignored","order_id":"o","items":[{"quantity":2,"item_id":"b"},{"item_id":"a","quantity":1}]})).unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.lines()[0].item_id, "a");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        assert_eq!(field_of(json!([1])), "body");
+        assert_eq!(field_of(json!({"item_id":"a","quantity":1})), "order_id");
+        assert_eq!(
+            field_of(json!({"order_id":"","item_id":"a","quantity":1})),
+            "order_id"
+        );
+        assert_eq!(
+            field_of(json!({"order_id":7,"item_id":"a","quantity":1})),
+            "order_id"
+        );
+        assert_eq!(field_of(json!({"order_id":"o","quantity":1})), "item_id");
+        assert_eq!(
+            field_of(json!({"order_id":"o","item_id":"","quantity":1})),
+            "item_id"
+        );
+        assert_eq!(
+            field_of(json!({"order_id":"o","item_id":"a/b","quantity":1})),
+            "item_id"
+        );
+        assert_eq!(field_of(json!({"order_id":"o","item_id":"a"})), "quantity");
+        for q in [
+            json!(0),
+            json!(-1),
+            json!(1.5),
+            json!("2"),
+            json!(MAX_QUANTITY + 1),
+        ] {
+            assert_eq!(
+                field_of(json!({"order_id":"o","item_id":"a","quantity":q})),
+                "quantity"
+            );
+        }
+        assert_eq!(field_of(json!({"order_id":"o"})), "item_id");
+        assert_eq!(field_of(json!({"order_id":"o","items":[]})), "items");
+        assert_eq!(field_of(json!({"order_id":"o","items":{}})), "items");
+        assert_eq!(
+            field_of(json!({"order_id":"o","items":[{"item_id":"a","quantity":1}],"item_id":"a"})),
+            "items"
+        );
+        assert_eq!(
+            field_of(
+                json!({"order_id":"o","items":[{"item_id":"a","quantity":1},{"item_id":"a","quantity":2}]})
+            ),
+            "items"
+        );
+        assert_eq!(
+            field_of(json!({"order_id":"o","items":[{"quantity":1}]})),
+            "items[0].item_id"
+        );
+        assert_eq!(
+            field_of(
+                json!({"order_id":"o","items":[{"item_id":"a","quantity":1},{"item_id":"b","quantity":0}]})
+            ),
+            "items[1].quantity"
+        );
+        let many: Vec<Value> = (0..=MAX_LINES)
+            .map(|i| json!({"item_id": format!("i{i}"), "quantity": 1}))
+            .collect();
+        assert_eq!(field_of(json!({"order_id":"o","items":many})), "items");
+        assert_eq!(
+            field_of(
+                json!({"order_id":"x".repeat(MAX_ORDER_ID_BYTES + 1),"item_id":"a","quantity":1})
+            ),
+            "order_id"
+        );
+        assert!(parse(json!({"order_id":"a/b/../__x__ ünï","item_id":"a","quantity":1})).is_ok());
+    }
+
+    fn stock(n: i64) -> Option<Fields> {
+        Some(
+            firestore::FirestoreDb::serialize_to_doc("x", &json!({"stock": n, "name": "kept"}))
+                .unwrap()
+                .fields,
+        )
+    }
+
+    #[test]
+    fn decide_processes_rejects_and_folds() {
+        let o = parse(json!({"order_id":"o","items":[{"item_id":"a","quantity":2},{"item_id":"b","quantity":1}]})).unwrap();
+        let now = FirestoreInstant::now();
+        let mut snap = Snapshot::from_docs(now, [(o.item("a"), stock(3)), (o.item("b"), stock(1))]);
+        let Decision::Apply { writes, .. } = o.decide(&snap).unwrap() else {
+            panic!("rejected")
+        };
+        assert_eq!(writes.len(), 3);
+        for w in &writes {
+            snap.apply(w);
+        }
+        #[derive(Deserialize)]
+        struct Kept {
+            stock: i64,
+            name: String,
+        }
+        let a: Kept = snap.get(&o.item("a")).unwrap().unwrap();
+        assert_eq!((a.stock, a.name.as_str()), (1, "kept"));
+        // The same order folded again on the evolved snapshot runs out of stock on "a".
+        let Decision::Reject(r) = o.decide(&snap).unwrap() else {
+            panic!("applied twice")
+        };
+        assert_eq!(r.reason, "insufficient_stock");
+        assert_eq!(r.extra["item_id"], "a");
+        assert_eq!(r.extra["available"], 1);
+
+        let missing = Snapshot::from_docs(now, [(o.item("a"), stock(5)), (o.item("b"), None)]);
+        let Decision::Reject(r) = o.decide(&missing).unwrap() else {
+            panic!("applied")
+        };
+        assert_eq!(
+            (r.reason.as_str(), &r.extra["item_id"]),
+            ("unknown_item", &json!("b"))
+        );
+
+        let unread = Snapshot::from_docs(now, [(o.item("a"), stock(5))]);
+        assert!(matches!(o.decide(&unread), Err(OpError::NotRead { .. })));
+    }
+}

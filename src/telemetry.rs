@@ -1,0 +1,161 @@
+//! Logging: one JSON object per line in the shape Cloud Logging reads (`severity`, `message`,
+//! `logging.googleapis.com/trace`), or human-readable text in a terminal.
+
+use crate::config::LogFormat;
+use crate::delivery::header;
+use axum::http::HeaderMap;
+use serde_json::{Map, Value};
+use std::fmt;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
+
+/// Install the global subscriber. `RUST_LOG` filters (default `info`).
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder
+            .fmt_fields(JsonFields::new())
+            .event_format(CloudJson)
+            .with_writer(std::io::stdout)
+            .try_init(),
+        LogFormat::Text => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
+
+/// Trace ID from W3C `traceparent`, else from `X-Cloud-Trace-Context` (`TRACE/SPAN;o=1`).
+pub fn trace_id(headers: &HeaderMap) -> Option<String> {
+    let hex32 = |s: &str| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if let Some(tp) = header(headers, "traceparent") {
+        let mut parts = tp.trim().split('-');
+        if let (Some(_ver), Some(t)) = (parts.next(), parts.next()) {
+            if hex32(t) && t != "00000000000000000000000000000000" {
+                return Some(t.to_ascii_lowercase());
+            }
+        }
+    }
+    let xc = header(headers, "x-cloud-trace-context")?;
+    let t = xc.split('/').next()?.trim();
+    hex32(t).then(|| t.to_ascii_lowercase())
+}
+
+/// A span for one request carrying the Cloud Logging trace field, so every line logged
+/// inside it is grouped with the request in the Logs Explorer.
+pub fn request_span(headers: &HeaderMap, project_id: &str, route: &'static str) -> tracing::Span {
+    match trace_id(headers) {
+        Some(t) => tracing::info_span!(
+            "request",
+            route,
+            "logging.googleapis.com/trace" = format!("projects/{project_id}/traces/{t}")
+        ),
+        None => tracing::info_span!("request", route),
+    }
+}
+
+/// Cloud Logging structured-log formatter: event fields at the top level, span fields
+/// merged in (inner spans win), `severity` from the level.
+pub struct CloudJson;
+
+struct Fields<'a>(&'a mut Map<String, Value>);
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, f: &Field, v: &str) {
+        self.0.insert(f.name().into(), Value::from(v));
+    }
+    fn record_i64(&mut self, f: &Field, v: i64) {
+        self.0.insert(f.name().into(), Value::from(v));
+    }
+    fn record_u64(&mut self, f: &Field, v: u64) {
+        self.0.insert(f.name().into(), Value::from(v));
+    }
+    fn record_f64(&mut self, f: &Field, v: f64) {
+        self.0.insert(f.name().into(), Value::from(v));
+    }
+    fn record_bool(&mut self, f: &Field, v: bool) {
+        self.0.insert(f.name().into(), Value::from(v));
+    }
+    fn record_debug(&mut self, f: &Field, v: &dyn fmt::Debug) {
+        self.0
+            .insert(f.name().into(), Value::from(format!("{v:?}")));
+    }
+}
+
+fn severity(level: &tracing::Level) -> &'static str {
+    match *level {
+        tracing::Level::ERROR => "ERROR",
+        tracing::Level::WARN => "WARNING",
+        tracing::Level::INFO => "INFO",
+        _ => "DEBUG",
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for CloudJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut map = Map::new();
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let ext = span.extensions();
+                if let Some(f) = ext.get::<FormattedFields<N>>() {
+                    if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(f) {
+                        map.extend(m);
+                    }
+                }
+            }
+        }
+        event.record(&mut Fields(&mut map));
+        map.insert("severity".into(), Value::from(severity(meta.level())));
+        map.insert(
+            "time".into(),
+            Value::from(firestore::FirestoreInstant::now().to_string()),
+        );
+        map.insert("target".into(), Value::from(meta.target()));
+        map.entry("message").or_insert_with(|| Value::from(""));
+        writeln!(w, "{}", Value::Object(map))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_from_both_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-cloud-trace-context",
+            "105445AA7843BC8BF206B12000100000/1;o=1".parse().unwrap(),
+        );
+        assert_eq!(
+            trace_id(&h).as_deref(),
+            Some("105445aa7843bc8bf206b12000100000")
+        );
+        h.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            trace_id(&h).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        let mut bad = HeaderMap::new();
+        bad.insert("traceparent", "garbage".parse().unwrap());
+        bad.insert("x-cloud-trace-context", "nothex/1".parse().unwrap());
+        assert_eq!(trace_id(&bad), None);
+    }
+}

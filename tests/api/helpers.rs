@@ -1,0 +1,266 @@
+//! Test fixture: one Firestore emulator per test binary, a fresh project per test, and the
+//! real service on `127.0.0.1:0`.
+
+use firestore::{FirestoreDb, FirestoreDbOptions};
+use firestore_once::config::Config;
+use firestore_once::guard::{Guard, GuardConfig};
+use firestore_once::{app, AppState};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+static EMULATOR: OnceLock<String> = OnceLock::new();
+
+/// Host:port of the shared emulator, started on first use unless `FIRESTORE_EMULATOR_HOST`
+/// already names one. The emulator is stopped when this process exits.
+pub fn emulator_host() -> &'static str {
+    EMULATOR.get_or_init(|| {
+        if let Ok(h) = std::env::var("FIRESTORE_EMULATOR_HOST") {
+            return h;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator/start");
+        let out = std::process::Command::new(script)
+            .arg("firestore")
+            .env("EMULATOR_OWNER_PID", std::process::id().to_string())
+            .output()
+            .expect("run emulator/start");
+        assert!(
+            out.status.success(),
+            "emulator/start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let host = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // Set once, before any client exists; every test reaches this through the OnceLock.
+        std::env::set_var("FIRESTORE_EMULATOR_HOST", &host);
+        host
+    })
+}
+
+/// A running service with its own project on the shared emulator.
+pub struct TestApp {
+    /// Where the service listens.
+    pub addr: SocketAddr,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// Emulator REST root of this project's documents.
+    pub rest: String,
+}
+
+/// A fresh project ID.
+pub fn project() -> String {
+    format!("test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Start the service with default configuration.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(project(), |_| {}).await
+}
+
+/// Build the guard for `project` with `config`; `api_url` overrides the emulator address.
+pub async fn guard_for(project: &str, config: &Config, api_url: Option<String>) -> Guard {
+    emulator_host();
+    let mut opts =
+        FirestoreDbOptions::new(project.to_string()).with_request_timeout(config.firestore_timeout);
+    opts.firebase_api_url = api_url;
+    let db = FirestoreDb::with_options(opts)
+        .await
+        .expect("firestore client");
+    Guard::new(
+        db,
+        GuardConfig {
+            operations: config.collections.operations.clone(),
+            retention: config.retention,
+            max_attempts: config.max_attempts,
+            call_timeout: config.firestore_timeout,
+            batch_max: config.batch_max,
+        },
+    )
+}
+
+/// Start the service on `project` after `tweak` adjusts the configuration.
+pub async fn spawn_app_with(project: String, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_at(project, tweak, None).await
+}
+
+/// Start the service; `api_url` points its Firestore client elsewhere (a dead port).
+pub async fn spawn_app_at(
+    project: String,
+    tweak: impl FnOnce(&mut Config),
+    api_url: Option<String>,
+) -> TestApp {
+    let host = emulator_host();
+    let mut config = Config::default();
+    tweak(&mut config);
+    let guard = guard_for(&project, &config, api_url).await;
+    let state = AppState {
+        guard,
+        config: Arc::new(config),
+        project_id: project.clone().into(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app(state)).await });
+    TestApp {
+        addr,
+        rest: format!("http://{host}/v1/projects/{project}/databases/(default)/documents"),
+        http: reqwest::Client::new(),
+    }
+}
+
+impl TestApp {
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// POST a JSON order.
+    pub async fn order(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/orders"))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Create `items/{id}` with `stock`, through the emulator's REST API.
+    pub async fn seed(&self, id: &str, stock: i64) {
+        let r = self
+            .http
+            .post(format!("{}/items", self.rest))
+            .query(&[("documentId", id)])
+            .json(&serde_json::json!({"fields": {"stock": {"integerValue": stock.to_string()}}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "seed {id}: {}",
+            r.text().await.unwrap()
+        );
+    }
+
+    /// A document's REST representation, `None` when missing.
+    pub async fn doc(&self, collection: &str, id: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}/{collection}/{}", self.rest, urlencode(id)))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            return None;
+        }
+        assert!(r.status().is_success());
+        Some(r.json().await.unwrap())
+    }
+
+    /// Current stock of an item.
+    pub async fn stock(&self, id: &str) -> Option<i64> {
+        let d = self.doc("items", id).await?;
+        d["fields"]["stock"]["integerValue"].as_str()?.parse().ok()
+    }
+
+    /// Every document of a collection (REST, paged).
+    pub async fn list(&self, collection: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut q = vec![("pageSize".to_string(), "300".to_string())];
+            if let Some(t) = &token {
+                q.push(("pageToken".into(), t.clone()));
+            }
+            let v: Value = self
+                .http
+                .get(format!("{}/{collection}", self.rest))
+                .query(&q)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if let Some(docs) = v["documents"].as_array() {
+                out.extend(docs.iter().cloned());
+            }
+            match v["nextPageToken"].as_str() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => return out,
+            }
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// sha256 hex of `kind:key`, computed independently of the crate.
+pub fn op_id(kind: &str, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(format!("{kind}:{key}").as_bytes()))
+}
+
+impl TestApp {
+    /// POST an order and return only its status code (for fan-out with `join_all`).
+    pub async fn order_owned(&self, body: Value) -> u16 {
+        self.order(&body).await.status().as_u16()
+    }
+}
+
+/// What the [`FaultProxy`] does with traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Forward everything.
+    Up,
+    /// Cut every connection and refuse new ones: Firestore is unavailable.
+    Down,
+}
+
+/// A TCP proxy in front of the emulator that a test can cut, to make Firestore fail for one
+/// service without touching the shared emulator.
+pub struct FaultProxy {
+    /// `http://127.0.0.1:port`, for `FirestoreDbOptions::firebase_api_url`.
+    pub url: String,
+    link: tokio::sync::watch::Sender<Link>,
+}
+
+impl FaultProxy {
+    /// Start a proxy to `upstream` (host:port).
+    pub async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (link, rx) = tokio::sync::watch::channel(Link::Up);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *rx.borrow() == Link::Down {
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let mut rx = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                        _ = rx.wait_for(|l| *l == Link::Down) => {}
+                    }
+                });
+            }
+        });
+        Self { url, link }
+    }
+
+    /// Change what the proxy does.
+    pub fn set(&self, l: Link) {
+        let _ = self.link.send(l);
+    }
+}
