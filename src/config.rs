@@ -14,6 +14,9 @@ pub struct Collections {
     pub operations: String,
     /// Deliveries that can never succeed (`ONCE_DEAD_LETTERS_COLLECTION`, default `dead_letters`).
     pub dead_letters: String,
+    /// Leases of task steps that call the outside world (`ONCE_LEASES_COLLECTION`, default
+    /// `leases`).
+    pub leases: String,
 }
 
 impl Default for Collections {
@@ -23,6 +26,7 @@ impl Default for Collections {
             orders: "orders".into(),
             operations: "operations".into(),
             dead_letters: "dead_letters".into(),
+            leases: "leases".into(),
         }
     }
 }
@@ -63,6 +67,10 @@ pub struct Config {
     pub retry_after_secs: u64,
     /// `ONCE_LOG_FORMAT`: `json` or `text`; default json unless stdout is a terminal.
     pub log_format: LogFormat,
+    /// `ONCE_SHUTDOWN_GRACE_MS`: after SIGTERM, how long in-flight requests may run before
+    /// the process exits anyway. Cloud Run kills the instance 10 s after SIGTERM, so the
+    /// default (9 s) leaves time to flush logs and exit 0 on our own terms.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Config {
@@ -80,6 +88,7 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             retry_after_secs: 1,
             log_format: LogFormat::Json,
+            shutdown_grace: Duration::from_millis(9000),
         }
     }
 }
@@ -143,6 +152,7 @@ impl Config {
                 orders: name("ONCE_ORDERS_COLLECTION", "orders")?,
                 operations: name("ONCE_OPERATIONS_COLLECTION", "operations")?,
                 dead_letters: name("ONCE_DEAD_LETTERS_COLLECTION", "dead_letters")?,
+                leases: name("ONCE_LEASES_COLLECTION", "leases")?,
             },
             retention: Duration::from_secs(retention_days.max(1) * 24 * 3600),
             request_timeout: ms("ONCE_REQUEST_TIMEOUT_MS", d.request_timeout)?,
@@ -165,6 +175,7 @@ impl Config {
                 d.retry_after_secs,
             )?,
             log_format,
+            shutdown_grace: ms("ONCE_SHUTDOWN_GRACE_MS", d.shutdown_grace)?,
         };
         Ok(cfg)
     }
@@ -217,12 +228,14 @@ mod tests {
         assert_eq!(c.database_id, "(default)");
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.retention, Duration::from_secs(35 * 86400));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(9));
         let c = cfg(&[
             ("PORT", "9000"),
             ("GOOGLE_CLOUD_PROJECT", "p1"),
             ("ONCE_ITEMS_COLLECTION", "stock"),
             ("ONCE_REQUEST_TIMEOUT_MS", "250"),
             ("ONCE_LOG_FORMAT", "text"),
+            ("ONCE_SHUTDOWN_GRACE_MS", "1500"),
         ])
         .unwrap();
         assert_eq!(c.port, 9000);
@@ -230,6 +243,7 @@ mod tests {
         assert_eq!(c.collections.items, "stock");
         assert_eq!(c.request_timeout, Duration::from_millis(250));
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.shutdown_grace, Duration::from_millis(1500));
     }
 
     #[test]
@@ -239,6 +253,7 @@ mod tests {
             ("ONCE_ITEMS_COLLECTION", "a/b"),
             ("ONCE_REQUEST_TIMEOUT_MS", "0"),
             ("ONCE_LOG_FORMAT", "xml"),
+            ("ONCE_SHUTDOWN_GRACE_MS", "soon"),
         ] {
             let e = cfg(&[(k, v)]).unwrap_err().to_string();
             assert!(e.contains(k), "{e}");

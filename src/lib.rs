@@ -25,6 +25,7 @@
 
 pub mod config;
 pub mod delivery;
+pub mod faults;
 pub mod guard;
 pub mod http;
 pub mod ops;

@@ -1,11 +1,12 @@
-//! The Cloud Run binary: configuration from the environment, JSON logs, graceful shutdown.
+//! The Cloud Run binary: configuration from the environment, JSON logs, graceful shutdown
+//! bounded by `ONCE_SHUTDOWN_GRACE_MS`.
 
 use anyhow::Context;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use firestore_once::config::{resolve_project_id, Config};
 use firestore_once::guard::{Guard, GuardConfig};
 use firestore_once::{app, telemetry, AppState};
-use std::sync::Arc;
+use std::future::IntoFuture;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -46,15 +47,41 @@ async fn run(config: Config) -> anyhow::Result<()> {
         emulator = std::env::var("FIRESTORE_EMULATOR_HOST").ok(),
         "serving"
     );
-    let state = AppState {
-        guard,
-        config: Arc::new(config),
-        project_id: project_id.into(),
+    let state = AppState::new(guard, config, project_id);
+    // Two stages: on SIGTERM axum stops accepting and drains in-flight requests; the grace
+    // timer bounds the drain, so the process exits 0 on its own before Cloud Run's SIGKILL
+    // (10 s after SIGTERM) instead of being killed mid-write with unflushed logs.
+    let grace = state.config.shutdown_grace;
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown_signal().await;
+        let _ = signalled_tx.send(());
     };
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    tracing::info!("stopped");
+    let server = axum::serve(listener, app(state))
+        .with_graceful_shutdown(signal)
+        .into_future();
+    tokio::pin!(server);
+    let deadline = async move {
+        // A dropped sender means the server ended first; the select below has already
+        // taken that branch, so waiting forever here is harmless.
+        if signalled_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = &mut server => {
+            served?;
+            tracing::info!("stopped: every in-flight request finished");
+        }
+        _ = deadline => {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "stopped: shutdown grace passed with requests still in flight; they are cut, \
+                 and their redelivery settles them through the status documents"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -9,22 +9,52 @@ use std::fmt;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::writer::MakeWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber. `RUST_LOG` filters (default `info`).
+///
+/// JSON goes to stdout, where Cloud Run's log agent parses each line. Text goes to stderr
+/// with colours only when stderr is a terminal, so redirected or piped text stays greppable.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Json => builder
-            .fmt_fields(JsonFields::new())
-            .event_format(CloudJson)
-            .with_writer(std::io::stdout)
-            .try_init(),
-        LogFormat::Text => builder.with_writer(std::io::stderr).try_init(),
-    };
+    use std::io::IsTerminal;
+    // A second call (tests) finds a subscriber installed and changes nothing.
+    match format {
+        LogFormat::Json => {
+            let _ = json_subscriber(env_filter(), std::io::stdout).try_init();
+        }
+        LogFormat::Text => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(env_filter())
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    }
+}
+
+fn env_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// The production JSON subscriber writing to `writer`: built in one place so tests can
+/// capture exactly the lines Cloud Logging would see.
+pub fn json_subscriber<W>(
+    filter: EnvFilter,
+    writer: W,
+) -> impl Subscriber + for<'a> LookupSpan<'a> + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .fmt_fields(JsonFields::new())
+        .event_format(CloudJson)
+        .with_writer(writer)
+        .finish()
 }
 
 /// Trace ID from W3C `traceparent`, else from `X-Cloud-Trace-Context` (`TRACE/SPAN;o=1`).

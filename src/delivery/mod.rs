@@ -1,19 +1,41 @@
 //! Deliveries: turn an HTTP request into a payload plus the transport facts around it.
 //!
-//! The operation logic never sees an envelope. Each way a request can arrive is decoded here
-//! into one [`Delivery`].
+//! Every shape that reaches a Cloud Run endpoint is recognised from its headers and body, so
+//! one destination path serves them all:
+//!
+//! | shape | recognised by | payload |
+//! |---|---|---|
+//! | plain JSON | anything else | the body |
+//! | Cloud Tasks HTTP target | `X-CloudTasks-TaskName` | the body |
+//! | Pub/Sub push | JSON body with `message` and `subscription` | base64 `message.data` |
+//! | CloudEvent, binary mode (Eventarc) | `ce-specversion` header | by `ce-type`, below |
+//! | CloudEvent, structured mode | `application/cloudevents+json` | by `type`, below |
+//!
+//! CloudEvent types: `google.cloud.pubsub.topic.v1.messagePublished` carries a Pub/Sub push
+//! envelope; `google.cloud.firestore.document.v1.*` carries `DocumentEventData` (protobuf by
+//! default, JSON on request) and the order is the document's fields; any other type carries the
+//! payload itself. The operation logic never sees an envelope.
+
+pub mod cloudevent;
+pub mod cloudtasks;
+pub mod firestore_event;
+pub mod pubsub;
 
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// Who delivered a request, and whether they retry on a non-2xx answer.
+/// Longest accepted `Idempotency-Key` (the Stripe convention).
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// Who delivered a request, and so how it must be answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// A direct caller: gets 4xx for bad input and decides itself whether to retry.
     Direct,
-    /// A platform (Pub/Sub, Eventarc, Cloud Tasks) that redelivers anything but 2xx.
+    /// A platform (Pub/Sub, Eventarc, Cloud Tasks) that redelivers anything but 2xx, so a
+    /// delivery that can never succeed is recorded as a dead letter and acknowledged.
     Push,
 }
 
@@ -29,24 +51,43 @@ pub struct DeliveryMeta {
     /// Delivery attempt as the transport counts it, when it says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<i64>,
-    /// Other correlation fields (subscription, ce-source, queue name…).
+    /// Other correlation fields (subscription, ce-source, ce-type, queue…).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attrs: BTreeMap<String, String>,
 }
 
-/// A decoded request: the operation payload and where it came from.
+/// What a decodable delivery asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Payload {
+    /// Work to do: the operation's JSON, and the transport identity to key it by when the
+    /// payload carries no domain identity (`order_id`).
+    Work {
+        /// The JSON the operation is parsed from.
+        json: Value,
+        /// `idempotency-key:…`, `firestore-document:…`, `cloudevent:…` or `pubsub:…`.
+        fallback_key: Option<String>,
+    },
+    /// Nothing to do (a Firestore delete event): acknowledged, not an error.
+    Skip {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A decoded request: who sent it, how to answer, and what it asks for (or why it cannot be
+/// read: for a push delivery that still has to be recorded and acknowledged).
 #[derive(Clone, Debug)]
 pub struct Delivery {
-    /// The JSON the operation is parsed from.
-    pub payload: Value,
     /// Transport identity.
     pub meta: DeliveryMeta,
     /// How to answer.
     pub mode: Mode,
+    /// The payload, or why there is none.
+    pub payload: Result<Payload, DeliveryError>,
 }
 
-/// Why a request could not be decoded into a [`Delivery`].
-#[derive(Debug, thiserror::Error, PartialEq)]
+/// Why a request's envelope or payload could not be decoded.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum DeliveryError {
     /// The body is not in a media type this endpoint reads.
     #[error("unsupported content type {0:?}; send application/json")]
@@ -54,18 +95,40 @@ pub enum DeliveryError {
     /// The body is not valid JSON.
     #[error("body is not valid JSON: {0}")]
     MalformedJson(String),
+    /// An envelope field is missing or has the wrong type.
+    #[error("{field}: {message}")]
+    Envelope {
+        /// Which field, e.g. `message.data` or `ce-id`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl DeliveryError {
+    fn envelope(field: &str, message: impl Into<String>) -> Self {
+        DeliveryError::Envelope {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
 }
 
 /// True for `application/json` and `application/*+json`, parameters ignored.
 pub fn is_json(content_type: &str) -> bool {
-    let essence = content_type
+    let essence = media_type(content_type);
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The lowercase media type without parameters.
+pub fn media_type(content_type: &str) -> String {
+    content_type
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+        .to_ascii_lowercase()
 }
 
 /// Header value as text; invalid UTF-8 counts as absent rather than failing the request.
@@ -73,21 +136,105 @@ pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Decode a request body with its headers.
-pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, DeliveryError> {
+fn parse_json(body: &[u8]) -> Result<Value, DeliveryError> {
+    serde_json::from_slice(body).map_err(|e| DeliveryError::MalformedJson(e.to_string()))
+}
+
+/// The `Idempotency-Key` header, checked: at most 255 characters, printable.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, DeliveryError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = |m: &str| DeliveryError::envelope("Idempotency-Key", m);
+    let s = raw
+        .to_str()
+        .map_err(|_| bad("must be visible ASCII"))?
+        .trim();
+    if s.is_empty() {
+        return Err(bad("must not be empty"));
+    }
+    if s.chars().count() > MAX_IDEMPOTENCY_KEY {
+        return Err(bad("must be at most 255 characters"));
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// Decode a request body with its headers. Never fails outright: what cannot be read is
+/// reported in [`Delivery::payload`] together with what is known about the sender.
+pub fn decode(headers: &HeaderMap, body: &[u8]) -> Delivery {
+    let idem = idempotency_key(headers);
+    let mut d = if let Some(meta) = cloudtasks::meta(headers) {
+        let key = cloudtasks::fallback_key(&meta);
+        let payload = plain(headers, body).map(|p| match p {
+            Payload::Work { json, .. } => Payload::Work {
+                json,
+                fallback_key: key,
+            },
+            skip => skip,
+        });
+        Delivery {
+            meta,
+            mode: Mode::Push,
+            payload,
+        }
+    } else if cloudevent::is_cloudevent(headers) {
+        cloudevent::decode(headers, body)
+    } else {
+        let ct = header(headers, "content-type").unwrap_or("");
+        let json = if is_json(ct) {
+            parse_json(body)
+        } else {
+            Err(DeliveryError::UnsupportedMediaType(ct.to_string()))
+        };
+        match json {
+            Ok(v) if pubsub::is_push_envelope(&v) => {
+                let (meta, payload) = pubsub::decode(&v);
+                Delivery {
+                    meta,
+                    mode: Mode::Push,
+                    payload,
+                }
+            }
+            other => Delivery {
+                meta: DeliveryMeta {
+                    source: "http".into(),
+                    ..Default::default()
+                },
+                mode: Mode::Direct,
+                payload: other.map(|json| Payload::Work {
+                    json,
+                    fallback_key: None,
+                }),
+            },
+        }
+    };
+    // The Idempotency-Key outranks every transport ID: it is the caller's own identity.
+    match idem {
+        Ok(Some(k)) => {
+            d.meta.attrs.insert("idempotency_key".into(), k.clone());
+            if let Ok(Payload::Work { fallback_key, .. }) = &mut d.payload {
+                *fallback_key = Some(format!("idempotency-key:{k}"));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            if d.payload.is_ok() {
+                d.payload = Err(e);
+            }
+        }
+    }
+    d
+}
+
+/// A JSON body with no envelope.
+fn plain(headers: &HeaderMap, body: &[u8]) -> Result<Payload, DeliveryError> {
     let ct = header(headers, "content-type").unwrap_or("");
     if !is_json(ct) {
         return Err(DeliveryError::UnsupportedMediaType(ct.to_string()));
     }
-    let payload: Value =
-        serde_json::from_slice(body).map_err(|e| DeliveryError::MalformedJson(e.to_string()))?;
-    Ok(Delivery {
-        payload,
-        meta: DeliveryMeta {
-            source: "http".into(),
-            ..Default::default()
-        },
-        mode: Mode::Direct,
+    Ok(Payload::Work {
+        json: parse_json(body)?,
+        fallback_key: None,
     })
 }
 
@@ -95,9 +242,14 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, DeliveryErro
 mod tests {
     use super::*;
 
-    fn headers(ct: &str) -> HeaderMap {
+    pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("content-type", ct.parse().unwrap());
+        for (k, v) in pairs {
+            h.insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
         h
     }
 
@@ -111,17 +263,64 @@ mod tests {
     }
 
     #[test]
-    fn plain_json_decodes_as_direct() {
-        let d = decode(&headers("application/json"), br#"{"a":1}"#).unwrap();
+    fn plain_json_is_direct() {
+        let d = decode(
+            &headers(&[("content-type", "application/json")]),
+            br#"{"a":1}"#,
+        );
         assert_eq!(d.mode, Mode::Direct);
         assert_eq!(d.meta.source, "http");
         assert!(matches!(
-            decode(&headers("text/plain"), b"{}"),
+            d.payload,
+            Ok(Payload::Work {
+                fallback_key: None,
+                ..
+            })
+        ));
+        let d = decode(&headers(&[("content-type", "text/plain")]), b"{}");
+        assert!(matches!(
+            d.payload,
             Err(DeliveryError::UnsupportedMediaType(_))
         ));
-        assert!(matches!(
-            decode(&headers("application/json"), b"{"),
-            Err(DeliveryError::MalformedJson(_))
-        ));
+        let d = decode(&headers(&[("content-type", "application/json")]), b"{");
+        assert!(matches!(d.payload, Err(DeliveryError::MalformedJson(_))));
+    }
+
+    #[test]
+    fn idempotency_key_is_the_first_fallback() {
+        let d = decode(
+            &headers(&[
+                ("content-type", "application/json"),
+                ("idempotency-key", "k-1"),
+            ]),
+            b"{}",
+        );
+        assert_eq!(
+            d.payload,
+            Ok(Payload::Work {
+                json: serde_json::json!({}),
+                fallback_key: Some("idempotency-key:k-1".into())
+            })
+        );
+        let long = "k".repeat(256);
+        let d = decode(
+            &headers(&[
+                ("content-type", "application/json"),
+                ("idempotency-key", &long),
+            ]),
+            b"{}",
+        );
+        assert!(
+            matches!(d.payload, Err(DeliveryError::Envelope { ref field, .. }) if field == "Idempotency-Key")
+        );
+        let ok = "k".repeat(255);
+        let d = decode(
+            &headers(&[
+                ("content-type", "application/json"),
+                ("idempotency-key", &ok),
+            ]),
+            b"{}",
+        );
+        assert!(d.payload.is_ok());
     }
 }

@@ -13,6 +13,7 @@
 //! 2 s per lock conflict, production Firestore advises about one write per second per document).
 
 pub mod key;
+pub mod lease;
 pub mod record;
 
 use crate::delivery::DeliveryMeta;
@@ -298,9 +299,10 @@ impl Inner {
         }
     }
 
+    /// Read `docs` in one `BatchGetDocuments`, inside `tx` when given.
     async fn read(
         &self,
-        tx: &[u8],
+        tx: Option<&[u8]>,
         docs: &[DocRef],
     ) -> Result<HashMap<DocRef, Option<Fields>>, String> {
         let root = self.db.get_documents_path();
@@ -309,9 +311,9 @@ impl Inner {
         let req = pb::BatchGetDocumentsRequest {
             database: self.db.get_database_path().clone(),
             documents: by_path.keys().cloned().collect(),
-            consistency_selector: Some(
-                pb::batch_get_documents_request::ConsistencySelector::Transaction(tx.to_vec()),
-            ),
+            consistency_selector: tx.map(|t| {
+                pb::batch_get_documents_request::ConsistencySelector::Transaction(t.to_vec())
+            }),
             ..Default::default()
         };
         let mut client = self.db.client().get();
@@ -391,25 +393,7 @@ impl Inner {
         batch: &[Pending],
         retry: Option<Vec<u8>>,
     ) -> Result<Vec<Reply>, Attempt> {
-        let mut client = self.db.client().get();
-        let begin = pb::BeginTransactionRequest {
-            database: self.db.get_database_path().clone(),
-            options: Some(pb::TransactionOptions {
-                mode: Some(pb::transaction_options::Mode::ReadWrite(
-                    pb::transaction_options::ReadWrite {
-                        retry_transaction: retry.unwrap_or_default(),
-                        ..Default::default()
-                    },
-                )),
-            }),
-            ..Default::default()
-        };
-        let tx = self
-            .call("begin", client.begin_transaction(begin))
-            .await
-            .map_err(|why| Attempt::Retry { why, retry: None })?
-            .into_inner()
-            .transaction;
+        let tx = self.begin(retry).await?;
 
         // Every read before any write: the status documents and the operations' documents.
         let mut docs: Vec<DocRef> = Vec::new();
@@ -421,7 +405,7 @@ impl Inner {
                 }
             }
         }
-        let read = match self.read(&tx, &docs).await {
+        let read = match self.read(Some(tx.as_slice()), &docs).await {
             Ok(r) => r,
             Err(why) => {
                 self.rollback(tx).await;
@@ -430,6 +414,24 @@ impl Inner {
         };
         let now = FirestoreInstant::now();
         let mut snapshot = Snapshot::from_docs(now, read);
+        // Second round: documents named by what the first round found, still before any write.
+        let mut extra: Vec<DocRef> = Vec::new();
+        for p in batch {
+            for d in p.op.reads_after(&snapshot) {
+                if !snapshot.has(&d) && seen.insert(d.clone()) {
+                    extra.push(d);
+                }
+            }
+        }
+        if !extra.is_empty() {
+            match self.read(Some(tx.as_slice()), &extra).await {
+                Ok(r) => snapshot.extend(r),
+                Err(why) => {
+                    self.rollback(tx).await;
+                    return Err(Attempt::Retry { why, retry: None });
+                }
+            }
+        }
 
         // Decide each operation in order on the evolving snapshot.
         let mut writes: Vec<pb::Write> = Vec::new();
@@ -514,6 +516,7 @@ impl Inner {
             self.rollback(tx).await;
             return Ok(replies);
         }
+        let mut client = self.db.client().get();
         let commit = pb::CommitRequest {
             database: self.db.get_database_path().clone(),
             writes,
@@ -551,6 +554,173 @@ impl Inner {
                     .collect())
             }
         }
+    }
+}
+
+impl Inner {
+    /// One small read-modify-write transaction outside the batching lanes (leases): read
+    /// `docs`, let `decide` choose the writes, commit; retried on contention like the lanes.
+    async fn transact<R>(
+        &self,
+        docs: &[DocRef],
+        mut decide: impl FnMut(&Snapshot) -> Result<(Vec<Write>, R), GuardError>,
+    ) -> Result<R, GuardError> {
+        let mut retry: Option<Vec<u8>> = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let why = match self.transact_once(docs, &mut decide, retry.take()).await {
+                Ok(r) => return r,
+                Err(Attempt::Retry { why, retry: r }) => {
+                    retry = r;
+                    why
+                }
+            };
+            if attempt >= self.cfg.max_attempts {
+                return Err(GuardError::Unavailable(format!(
+                    "transaction not settled after {attempt} attempts: {why}"
+                )));
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+
+    async fn transact_once<R>(
+        &self,
+        docs: &[DocRef],
+        decide: &mut impl FnMut(&Snapshot) -> Result<(Vec<Write>, R), GuardError>,
+        retry: Option<Vec<u8>>,
+    ) -> Result<Result<R, GuardError>, Attempt> {
+        let tx = self.begin(retry).await?;
+        let read = match self.read(Some(tx.as_slice()), docs).await {
+            Ok(r) => r,
+            Err(why) => {
+                self.rollback(tx).await;
+                return Err(Attempt::Retry { why, retry: None });
+            }
+        };
+        let snapshot = Snapshot::from_docs(FirestoreInstant::now(), read);
+        let (writes, r) = match decide(&snapshot) {
+            Ok(v) => v,
+            Err(e) => {
+                self.rollback(tx).await;
+                return Ok(Err(e));
+            }
+        };
+        if writes.is_empty() {
+            self.rollback(tx).await;
+            return Ok(Ok(r));
+        }
+        let commit = pb::CommitRequest {
+            database: self.db.get_database_path().clone(),
+            writes: writes.into_iter().map(|w| self.to_pb(w)).collect(),
+            transaction: tx.clone(),
+            ..Default::default()
+        };
+        let mut client = self.db.client().get();
+        match tokio::time::timeout(self.cfg.call_timeout, client.commit(commit)).await {
+            Ok(Ok(_)) => Ok(Ok(r)),
+            Ok(Err(status)) if status.code() == Code::Aborted => Err(Attempt::Retry {
+                why: format!("commit: {}", code_of(&status)),
+                retry: Some(tx),
+            }),
+            Ok(Err(status)) => {
+                self.rollback(tx).await;
+                Ok(Err(GuardError::Unavailable(format!(
+                    "commit: {}",
+                    code_of(&status)
+                ))))
+            }
+            Err(_) => {
+                self.rollback(tx).await;
+                Ok(Err(GuardError::Unavailable(
+                    "commit: no answer in time".into(),
+                )))
+            }
+        }
+    }
+
+    async fn begin(&self, retry: Option<Vec<u8>>) -> Result<Vec<u8>, Attempt> {
+        let mut client = self.db.client().get();
+        let begin = pb::BeginTransactionRequest {
+            database: self.db.get_database_path().clone(),
+            options: Some(pb::TransactionOptions {
+                mode: Some(pb::transaction_options::Mode::ReadWrite(
+                    pb::transaction_options::ReadWrite {
+                        retry_transaction: retry.unwrap_or_default(),
+                        ..Default::default()
+                    },
+                )),
+            }),
+            ..Default::default()
+        };
+        Ok(self
+            .call("begin", client.begin_transaction(begin))
+            .await
+            .map_err(|why| Attempt::Retry { why, retry: None })?
+            .into_inner()
+            .transaction)
+    }
+}
+
+impl Guard {
+    /// The status document of `operation_id`, read outside any transaction. Safe because a
+    /// committed status document never changes; used for status queries and to skip work
+    /// that is already done.
+    pub async fn lookup(&self, operation_id: &str) -> Result<Option<StatusRecord>, GuardError> {
+        let doc = self.inner.status_ref(operation_id);
+        let read = self
+            .inner
+            .read(None, std::slice::from_ref(&doc))
+            .await
+            .map_err(GuardError::Unavailable)?;
+        let snapshot = Snapshot::from_docs(FirestoreInstant::now(), read);
+        Ok(snapshot.get::<StatusRecord>(&doc)?)
+    }
+
+    /// Read any documents outside a transaction (status queries).
+    pub async fn read_docs(&self, docs: &[DocRef]) -> Result<Snapshot, GuardError> {
+        let read = self
+            .inner
+            .read(None, docs)
+            .await
+            .map_err(GuardError::Unavailable)?;
+        Ok(Snapshot::from_docs(FirestoreInstant::now(), read))
+    }
+
+    /// Create `doc` unless it exists; `Ok(false)` when it already did. For records that must
+    /// be written once per delivery (dead letters) without a status document of their own.
+    pub async fn create_once<T: serde::Serialize>(
+        &self,
+        doc: DocRef,
+        value: &T,
+    ) -> Result<bool, GuardError> {
+        let write = self.inner.to_pb(Write::create(doc, value)?);
+        let commit = pb::CommitRequest {
+            database: self.inner.db.get_database_path().clone(),
+            writes: vec![write],
+            ..Default::default()
+        };
+        let mut client = self.inner.db.client().get();
+        match self.inner.call("create", client.commit(commit)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.contains("AlreadyExists") || e.contains("FailedPrecondition") => Ok(false),
+            Err(e) => Err(GuardError::Unavailable(e)),
+        }
+    }
+
+    /// Run a small read-modify-write transaction (see `lease`).
+    pub(crate) async fn transact<R>(
+        &self,
+        docs: &[DocRef],
+        decide: impl FnMut(&Snapshot) -> Result<(Vec<Write>, R), GuardError>,
+    ) -> Result<R, GuardError> {
+        self.inner.transact(docs, decide).await
+    }
+
+    /// Where status documents live.
+    pub fn status_ref(&self, operation_id: &str) -> DocRef {
+        self.inner.status_ref(operation_id)
     }
 }
 

@@ -31,6 +31,30 @@ pub enum ApiError {
     /// Route exists, method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// `/tasks/{kind}` with a kind nobody registered.
+    #[error("unknown task kind {kind:?}")]
+    UnknownKind {
+        /// What was asked for.
+        kind: String,
+        /// What exists.
+        known: Vec<String>,
+    },
+    /// An envelope field (CloudEvent attribute, Pub/Sub field, header) is missing or wrong.
+    #[error("{field}: {message}")]
+    Envelope {
+        /// The field, e.g. `ce-id`, `message.data`, `Idempotency-Key`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Another delivery is running this step right now.
+    #[error("{detail}")]
+    Busy {
+        /// What is busy.
+        detail: String,
+        /// Seconds until the holder's lease expires.
+        retry_after: u64,
+    },
     /// Key reused with another payload.
     #[error("{detail}")]
     KeyReused {
@@ -61,6 +85,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UnknownKind { .. } => StatusCode::NOT_FOUND,
+            ApiError::Envelope { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Busy { .. } => StatusCode::CONFLICT,
             ApiError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -76,6 +103,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
             ApiError::NotFound(_) => "not-found",
             ApiError::MethodNotAllowed => "method-not-allowed",
+            ApiError::UnknownKind { .. } => "unknown-kind",
+            ApiError::Envelope { .. } => "invalid-envelope",
+            ApiError::Busy { .. } => "in-progress",
             ApiError::KeyReused { .. } => "key-reused",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -116,6 +146,8 @@ impl ApiError {
         });
         match self {
             ApiError::Validation(v) => body["field"] = json!(v.field),
+            ApiError::Envelope { field, .. } => body["field"] = json!(field),
+            ApiError::UnknownKind { known, .. } => body["known_kinds"] = json!(known),
             ApiError::KeyReused { operation_id, .. } => body["operation_id"] = json!(operation_id),
             _ => {}
         }
@@ -128,6 +160,7 @@ impl From<DeliveryError> for ApiError {
         match e {
             DeliveryError::UnsupportedMediaType(_) => ApiError::UnsupportedMediaType(e.to_string()),
             DeliveryError::MalformedJson(_) => ApiError::Malformed(e.to_string()),
+            DeliveryError::Envelope { field, message } => ApiError::Envelope { field, message },
         }
     }
 }
@@ -148,7 +181,9 @@ pub fn problem(status: StatusCode, body: &Value) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = problem(self.status(), &self.body());
-        if let ApiError::Unavailable { retry_after, .. } = &self {
+        if let ApiError::Unavailable { retry_after, .. } | ApiError::Busy { retry_after, .. } =
+            &self
+        {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }

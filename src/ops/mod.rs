@@ -9,7 +9,13 @@
 //! Because `decide` is pure, the guard can fold several operations over one evolving snapshot
 //! and commit them together (group commit for a hot item), and tests need no emulator.
 
+pub mod cancel;
+pub mod fulfil;
 pub mod order;
+pub mod registry;
+pub mod restock;
+
+pub use registry::{ParseCtx, Registry};
 
 use crate::guard::key::Fingerprint;
 use firestore::gcloud_sdk::google::firestore::v1::{Document, Value};
@@ -139,6 +145,16 @@ impl Snapshot {
             })
     }
 
+    /// Add documents read in a later round of the same transaction.
+    pub(crate) fn extend(&mut self, docs: impl IntoIterator<Item = (DocRef, Option<Fields>)>) {
+        self.docs.extend(docs);
+    }
+
+    /// Whether `doc` was read (present or known missing).
+    pub(crate) fn has(&self, doc: &DocRef) -> bool {
+        self.docs.contains_key(doc)
+    }
+
     /// Apply `write` so the next operation in a batch sees it, exactly as Firestore would.
     pub(crate) fn apply(&mut self, write: &Write) {
         let entry = self.docs.entry(write.doc.clone()).or_insert(None);
@@ -264,6 +280,11 @@ pub trait Operation: Send + Sync + 'static {
     fn fingerprint(&self) -> Fingerprint;
     /// Every document `decide` may look at. Read inside the transaction before any write.
     fn reads(&self) -> Vec<DocRef>;
+    /// Documents whose names are only known from the first reads (a cancellation learns the
+    /// order's items from the order). Read in the same transaction, still before any write.
+    fn reads_after(&self, _first: &Snapshot) -> Vec<DocRef> {
+        Vec::new()
+    }
     /// Pure: no I/O, no clock, no randomness; the guard may call it again on a retried
     /// transaction, or fold it over a batch.
     fn decide(&self, snapshot: &Snapshot) -> Result<Decision, OpError>;

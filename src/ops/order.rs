@@ -2,16 +2,15 @@
 //! business rejection stored as an outcome instead of raised (which would roll back the status
 //! write and make every redelivery try again, forever).
 
-use super::{Decision, DocRef, OpError, Operation, Rejection, Snapshot, Write};
+use super::{Decision, DocRef, OpError, Operation, ParseCtx, Rejection, Snapshot, Write};
 use crate::config::Collections;
 use crate::guard::key::{hashed_id, is_valid_document_id, Fingerprint};
 use firestore::FirestoreInstant;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-/// Longest accepted `order_id`, in bytes. It is hashed, so any content is safe; the cap keeps
-/// status documents and logs small.
-pub const MAX_ORDER_ID_BYTES: usize = 4096;
+/// Longest accepted `order_id`, in bytes.
+pub const MAX_ORDER_ID_BYTES: usize = super::registry::MAX_KEY_BYTES;
 /// Most lines in one order: every line is one read and one write in the same transaction,
 /// and Firestore caps a commit at 500 writes.
 pub const MAX_LINES: usize = 100;
@@ -113,27 +112,30 @@ fn item_id(v: &Value, field: &str) -> Result<String, ValidationError> {
 }
 
 impl Order {
+    /// Validate an order from a direct caller with no `Idempotency-Key`: `order_id` required.
+    pub fn parse(body: &Value, collections: &Collections) -> Result<Self, ValidationError> {
+        Self::parse_with(
+            body,
+            &ParseCtx {
+                collections,
+                fallback_key: None,
+                direct: true,
+            },
+        )
+    }
+
     /// Validate a JSON order in either accepted shape:
     /// `{"order_id","item_id","quantity"}` or `{"order_id","items":[{"item_id","quantity"}]}`.
-    pub fn parse(body: &Value, collections: &Collections) -> Result<Self, ValidationError> {
+    /// Without `order_id`, the delivery's transport identity keys it (see [`ParseCtx::key`]).
+    pub fn parse_with(body: &Value, ctx: &ParseCtx<'_>) -> Result<Self, ValidationError> {
         let obj = body
             .as_object()
             .ok_or_else(|| ValidationError::new("body", "must be a JSON object"))?;
-        let order_id = match obj.get("order_id") {
-            None | Some(Value::Null) => {
-                return Err(ValidationError::new("order_id", "is required"))
-            }
-            Some(Value::String(s)) if s.is_empty() => {
-                return Err(ValidationError::new("order_id", "must not be empty"))
-            }
-            Some(Value::String(s)) if s.len() > MAX_ORDER_ID_BYTES => {
-                return Err(ValidationError::new(
-                    "order_id",
-                    format!("must be at most {MAX_ORDER_ID_BYTES} bytes"),
-                ))
-            }
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err(ValidationError::new("order_id", "must be a string")),
+        let no_lines = || Fingerprint::of("order", &());
+        // A present order_id is checked first so its errors win over the lines'.
+        let explicit = match obj.get("order_id") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(ctx.key(body, "order_id", no_lines)?),
         };
         let single = obj.contains_key("item_id") || obj.contains_key("quantity");
         let mut lines = match (obj.get("items"), single) {
@@ -206,11 +208,24 @@ impl Order {
                 format!("item_id {:?} appears on more than one line", w[0].item_id),
             ));
         }
+        let (key, domain) = match explicit {
+            Some(k) => k,
+            None => ctx.key(body, "order_id", || {
+                Fingerprint::of(
+                    "order",
+                    &Canonical {
+                        order_id: "",
+                        lines: &lines,
+                    },
+                )
+            })?,
+        };
         Ok(Self {
-            order_id,
+            // An order keyed by its delivery is stored under that key as its order ID.
+            order_id: domain.unwrap_or_else(|| key.clone()),
             lines,
-            items: collections.items.clone(),
-            orders: collections.orders.clone(),
+            items: ctx.collections.items.clone(),
+            orders: ctx.collections.orders.clone(),
         })
     }
 

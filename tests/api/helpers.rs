@@ -3,6 +3,7 @@
 
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use firestore_once::config::Config;
+use firestore_once::faults::Faults;
 use firestore_once::guard::{Guard, GuardConfig};
 use firestore_once::{app, AppState};
 use serde_json::Value;
@@ -42,6 +43,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// HTTP client.
     pub http: reqwest::Client,
+    /// The service's fault switches.
+    pub faults: Arc<Faults>,
     /// Emulator REST root of this project's documents.
     pub rest: String,
 }
@@ -88,15 +91,23 @@ pub async fn spawn_app_at(
     tweak: impl FnOnce(&mut Config),
     api_url: Option<String>,
 ) -> TestApp {
+    spawn_app_full(project, tweak, api_url, |_| {}).await
+}
+
+/// Start the service, letting `customize` change its state (task kinds, carrier).
+pub async fn spawn_app_full(
+    project: String,
+    tweak: impl FnOnce(&mut Config),
+    api_url: Option<String>,
+    customize: impl FnOnce(&mut AppState),
+) -> TestApp {
     let host = emulator_host();
     let mut config = Config::default();
     tweak(&mut config);
     let guard = guard_for(&project, &config, api_url).await;
-    let state = AppState {
-        guard,
-        config: Arc::new(config),
-        project_id: project.clone().into(),
-    };
+    let mut state = AppState::new(guard, config, project.clone());
+    customize(&mut state);
+    let faults = state.faults.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app(state)).await });
@@ -104,6 +115,7 @@ pub async fn spawn_app_at(
         addr,
         rest: format!("http://{host}/v1/projects/{project}/databases/(default)/documents"),
         http: reqwest::Client::new(),
+        faults,
     }
 }
 
@@ -222,6 +234,9 @@ pub enum Link {
     Up,
     /// Cut every connection and refuse new ones: Firestore is unavailable.
     Down,
+    /// Forward everything, each chunk sent towards the emulator this much later: Firestore
+    /// is slow, so a request can be caught in flight.
+    Slow(std::time::Duration),
 }
 
 /// A TCP proxy in front of the emulator that a test can cut, to make Firestore fail for one
@@ -249,8 +264,18 @@ impl FaultProxy {
                     let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
                     };
+                    let (from_client, mut to_client) = inbound.split();
+                    let (mut from_upstream, to_upstream) = out.split();
+                    let link = rx.clone();
+                    let both_ways = async {
+                        let back = async {
+                            let _ = tokio::io::copy(&mut from_upstream, &mut to_client).await;
+                            let _ = tokio::io::AsyncWriteExt::shutdown(&mut to_client).await;
+                        };
+                        tokio::join!(delayed_copy(from_client, to_upstream, link), back)
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                        _ = both_ways => {}
                         _ = rx.wait_for(|l| *l == Link::Down) => {}
                     }
                 });
@@ -263,4 +288,43 @@ impl FaultProxy {
     pub fn set(&self, l: Link) {
         let _ = self.link.send(l);
     }
+}
+
+/// Copy `from` to `to`, holding each chunk back by the delay of [`Link::Slow`] when it is
+/// read. Chunks keep their order and are delayed in parallel (pure latency, no throttling).
+async fn delayed_copy(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    link: tokio::sync::watch::Receiver<Link>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let reader = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let delay = match *link.borrow() {
+                        Link::Slow(d) => d,
+                        _ => std::time::Duration::ZERO,
+                    };
+                    let due = tokio::time::Instant::now() + delay;
+                    if tx.send((due, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reader, writer);
 }

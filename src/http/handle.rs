@@ -1,0 +1,392 @@
+//! The one path every delivery takes: read the body, decode the envelope, parse the
+//! operation, run it through the guard, answer in the caller's terms, log the decision.
+
+use super::dead_letter;
+use super::error::ApiError;
+use super::{AppState, REPLAYED};
+use crate::delivery::{self, DeliveryMeta, Mode, Payload};
+use crate::guard::record::OutcomeKind;
+use crate::guard::{self, GuardError, Outcome};
+use crate::ops::fulfil::{self, Fulfil, FulfilError, StepReport};
+use crate::ops::{Operation, ParseCtx};
+use crate::telemetry;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+
+/// What a request asks for.
+enum Target {
+    Orders,
+    Task(String),
+}
+
+impl Target {
+    fn kind(&self) -> &str {
+        match self {
+            Target::Orders => "order",
+            Target::Task(k) => k,
+        }
+    }
+    fn route(&self) -> String {
+        match self {
+            Target::Orders => "/orders".into(),
+            Target::Task(k) => format!("/tasks/{k}"),
+        }
+    }
+}
+
+/// How a request ended, before it becomes HTTP.
+enum Answer {
+    Outcome(Outcome),
+    Steps {
+        fulfil: Fulfil,
+        reports: Vec<StepReport>,
+    },
+    Skipped(String),
+    DeadLettered {
+        id: String,
+        reason: &'static str,
+        detail: String,
+    },
+    Error(ApiError),
+}
+
+/// `POST /orders`.
+pub async fn post_orders(State(st): State<AppState>, req: Request) -> Response {
+    serve(st, req, Target::Orders).await
+}
+
+/// `POST /tasks/{kind}`.
+pub async fn post_task(
+    State(st): State<AppState>,
+    Path(kind): Path<String>,
+    req: Request,
+) -> Response {
+    serve(st, req, Target::Task(kind)).await
+}
+
+/// Read the body up to `limit` bytes; a declared or actual excess is refused without
+/// buffering the rest.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = delivery::header(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_long = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_long || e.to_string().contains("length limit") {
+            ApiError::TooLarge { limit }
+        } else {
+            ApiError::Malformed(format!("could not read the body: {e}"))
+        }
+    })
+}
+
+/// Fields of the one decision line every request logs.
+#[derive(Default)]
+struct Decision {
+    operation_id: String,
+    meta: DeliveryMeta,
+    mode: Option<Mode>,
+}
+
+async fn serve(st: AppState, req: Request, target: Target) -> Response {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let span = telemetry::request_span(&parts.headers, &st.project_id, "POST");
+    async move {
+        let mut log = Decision::default();
+        let answer = process(&st, &parts.headers, body, &target, &mut log).await;
+        let push = log.mode == Some(Mode::Push);
+        let (resp, outcome, replayed, error) = respond(answer, push);
+        let status = resp.status().as_u16();
+        macro_rules! decision {
+            ($lvl:ident) => {
+                tracing::$lvl!(
+                    operation_id = %log.operation_id,
+                    kind = target.kind(),
+                    outcome,
+                    replayed,
+                    status,
+                    delivery_source = %log.meta.source,
+                    delivery_id = log.meta.id.as_deref().unwrap_or(""),
+                    delivery_attempt = log.meta.attempt,
+                    latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    error,
+                    "decision"
+                )
+            };
+        }
+        if status >= 500 || outcome == "dead_lettered" {
+            decision!(error);
+        } else {
+            decision!(info);
+        }
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+async fn process(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    target: &Target,
+    log: &mut Decision,
+) -> Answer {
+    let cfg = &st.config;
+    let parser = match target {
+        Target::Orders => st.registry.get("order"),
+        Target::Task(k) if k == fulfil::KIND => None,
+        Target::Task(k) => match st.registry.get(k) {
+            Some(p) => Some(p),
+            None => {
+                let mut known: Vec<String> = st.registry.kinds().map(str::to_string).collect();
+                known.push(fulfil::KIND.to_string());
+                known.sort();
+                return Answer::Error(ApiError::UnknownKind {
+                    kind: k.clone(),
+                    known,
+                });
+            }
+        },
+    };
+    let bytes = match read_body(headers, body, cfg.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return Answer::Error(e),
+    };
+    let d = delivery::decode(headers, &bytes);
+    log.meta = d.meta.clone();
+    log.mode = Some(d.mode);
+    let refuse = |e: ApiError| async {
+        match d.mode {
+            Mode::Direct => Answer::Error(e),
+            Mode::Push => dead_letter(st, target, &d.meta, headers, &bytes, e).await,
+        }
+    };
+    let (json, fallback_key) = match d.payload.clone() {
+        Ok(Payload::Work { json, fallback_key }) => (json, fallback_key),
+        Ok(Payload::Skip { reason }) => return Answer::Skipped(reason),
+        Err(e) => return refuse(e.into()).await,
+    };
+    let ctx = ParseCtx {
+        collections: &cfg.collections,
+        fallback_key: fallback_key.as_deref(),
+        direct: d.mode == Mode::Direct,
+    };
+    let deadline = |detail: String| {
+        Answer::Error(ApiError::Unavailable {
+            detail,
+            retry_after: cfg.retry_after_secs,
+        })
+    };
+    let Some(parser) = parser else {
+        // The multi-step task.
+        let f = match Fulfil::parse(&json, &ctx) {
+            Ok(f) => f,
+            Err(v) => return refuse(v.into()).await,
+        };
+        log.operation_id = f.operation_id();
+        let run = f.run(&st.guard, st.carrier.as_ref(), &d.meta, &st.faults);
+        return match tokio::time::timeout(cfg.request_timeout, run).await {
+            Ok(Ok(reports)) => Answer::Steps { fulfil: f, reports },
+            Ok(Err(FulfilError::Busy { step, retry_after })) => Answer::Error(ApiError::Busy {
+                detail: format!("step {step} is being run by another delivery; retry later"),
+                retry_after: retry_after.as_secs().max(1),
+            }),
+            Ok(Err(FulfilError::Injected(step))) => {
+                deadline(format!("injected fault after step {step}"))
+            }
+            Ok(Err(FulfilError::Guard(e))) => {
+                guard_error(st, target, &d.meta, headers, &bytes, d.mode, e).await
+            }
+            Err(_) => deadline(format!(
+                "request deadline of {} ms passed",
+                cfg.request_timeout.as_millis()
+            )),
+        };
+    };
+    let op: Arc<dyn Operation> = match parser(&json, &ctx) {
+        Ok(op) => op,
+        Err(v) => return refuse(v.into()).await,
+    };
+    log.operation_id = guard::operation_id(op.as_ref());
+    if st.faults.take_fail(op.key()) {
+        return deadline("injected fault before processing".into());
+    }
+    match tokio::time::timeout(cfg.request_timeout, st.guard.run(op, d.meta.clone())).await {
+        Ok(Ok(o)) => Answer::Outcome(o),
+        Ok(Err(e)) => guard_error(st, target, &d.meta, headers, &bytes, d.mode, e).await,
+        Err(_) => deadline(format!(
+            "request deadline of {} ms passed",
+            cfg.request_timeout.as_millis()
+        )),
+    }
+}
+
+/// A guard failure: a reused key is bad input (dead-lettered for push), the rest map as is.
+async fn guard_error(
+    st: &AppState,
+    target: &Target,
+    meta: &DeliveryMeta,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    mode: Mode,
+    e: GuardError,
+) -> Answer {
+    let e = ApiError::from_guard(e, st.config.retry_after_secs);
+    match (&e, mode) {
+        (ApiError::KeyReused { .. }, Mode::Push) => {
+            dead_letter(st, target, meta, headers, bytes, e).await
+        }
+        _ => Answer::Error(e),
+    }
+}
+
+async fn dead_letter(
+    st: &AppState,
+    target: &Target,
+    meta: &DeliveryMeta,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    e: ApiError,
+) -> Answer {
+    let cfg = &st.config;
+    let detail = e.to_string();
+    let recorded = dead_letter::record(
+        &st.guard,
+        &cfg.collections.dead_letters,
+        cfg.retention,
+        &target.route(),
+        e.code(),
+        &detail,
+        meta,
+        headers,
+        bytes,
+    )
+    .await;
+    match recorded {
+        Ok(id) => Answer::DeadLettered {
+            id,
+            reason: e.code(),
+            detail,
+        },
+        // Not recorded: it must not vanish, so let the platform redeliver it.
+        Err(g) => Answer::Error(ApiError::from_guard(g, cfg.retry_after_secs)),
+    }
+}
+
+fn json_response(status: StatusCode, content_type: &str, body: String, replayed: bool) -> Response {
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    if let Ok(ct) = HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, ct);
+    }
+    if replayed {
+        h.insert(REPLAYED, HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// The stored response of an outcome. A platform delivery always gets 2xx for a durable
+/// outcome (a rejection included), or it would redeliver it forever.
+fn outcome_response(o: &Outcome, push: bool) -> Response {
+    let r = &o.record.response;
+    let status = match StatusCode::from_u16(r.status) {
+        Ok(s) if !push => s,
+        _ => StatusCode::OK,
+    };
+    json_response(status, &r.content_type, r.body.clone(), o.replayed)
+}
+
+/// Answer, outcome label, replayed flag and error text for the decision log line.
+fn respond(answer: Answer, push: bool) -> (Response, &'static str, bool, Option<String>) {
+    match answer {
+        Answer::Outcome(o) => (
+            outcome_response(&o, push),
+            o.record.outcome.as_str(),
+            o.replayed,
+            None,
+        ),
+        Answer::Steps { fulfil, reports } => {
+            let replayed = reports.iter().all(|r| r.outcome.replayed);
+            if let Some(last) = reports
+                .last()
+                .filter(|r| r.outcome.record.outcome == OutcomeKind::Rejected)
+            {
+                return (
+                    outcome_response(&last.outcome, push),
+                    "rejected",
+                    replayed,
+                    None,
+                );
+            }
+            let steps: Vec<Value> = reports
+                .iter()
+                .map(|r| {
+                    json!({
+                        "step": r.step.name(),
+                        "operation_id": r.outcome.operation_id,
+                        "outcome": r.outcome.record.outcome.as_str(),
+                    })
+                })
+                .collect();
+            let carrier_ref = reports
+                .last()
+                .and_then(|r| serde_json::from_str::<Value>(&r.outcome.record.response.body).ok())
+                .and_then(|b| b.get("carrier_ref").cloned());
+            let body = json!({
+                "operation_id": fulfil.operation_id(),
+                "kind": fulfil::KIND,
+                "order_id": fulfil.order_id(),
+                "outcome": "processed",
+                "carrier_ref": carrier_ref,
+                "steps": steps,
+            });
+            (
+                json_response(
+                    StatusCode::OK,
+                    "application/json",
+                    body.to_string(),
+                    replayed,
+                ),
+                "processed",
+                replayed,
+                None,
+            )
+        }
+        Answer::Skipped(reason) => {
+            let body = json!({"outcome": "skipped", "reason": reason});
+            (
+                json_response(StatusCode::OK, "application/json", body.to_string(), false),
+                "skipped",
+                false,
+                None,
+            )
+        }
+        Answer::DeadLettered { id, reason, detail } => {
+            let body = json!({"outcome": "dead_lettered", "dead_letter_id": id, "reason": reason, "detail": detail});
+            (
+                json_response(StatusCode::OK, "application/json", body.to_string(), false),
+                "dead_lettered",
+                false,
+                Some(detail),
+            )
+        }
+        Answer::Error(e) => {
+            let (code, text) = (e.code(), e.to_string());
+            (e.into_response(), code, false, Some(text))
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Readiness: is Firestore answering this instance right now?
+//!
+//! `/healthz` says the process is alive and must stay independent of Firestore, or a
+//! Firestore outage would make Cloud Run restart healthy instances. `/readyz` is the check
+//! an operator or an uptime check uses to see whether requests can succeed at all.
+
+use super::AppState;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// The document read by the probe. It is never written: reading a missing document is the
+/// cheapest call that still goes through authentication, the network and the database.
+pub const PROBE_DOCUMENT: &str = "readyz-probe";
+
+/// `GET /readyz`: 200 `ready` when a single document read answers within the Firestore
+/// deadline, else 503 problem+json with `Retry-After`.
+pub async fn readyz(State(st): State<AppState>) -> Response {
+    let cfg = &st.config;
+    let probe = [crate::ops::DocRef::new(
+        &cfg.collections.operations,
+        PROBE_DOCUMENT,
+    )];
+    let read = st.guard.read_docs(&probe);
+    let failure = match tokio::time::timeout(cfg.firestore_timeout, read).await {
+        Ok(Ok(_)) => return (StatusCode::OK, "ready").into_response(),
+        Ok(Err(e)) => format!("Firestore did not answer the probe read: {e}"),
+        Err(_) => format!(
+            "Firestore did not answer the probe read within {} ms",
+            cfg.firestore_timeout.as_millis()
+        ),
+    };
+    tracing::warn!(error = failure.as_str(), "not ready");
+    let status = StatusCode::SERVICE_UNAVAILABLE;
+    let body = json!({
+        "type": "/problems/not-ready",
+        "title": status.canonical_reason().unwrap_or("Service Unavailable"),
+        "status": status.as_u16(),
+        "detail": failure,
+    });
+    let mut resp = (status, body.to_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    h.insert(header::RETRY_AFTER, HeaderValue::from(cfg.retry_after_secs));
+    resp
+}

@@ -1,0 +1,194 @@
+//! Which operation kinds `POST /tasks/{kind}` accepts, and how a payload becomes one.
+//!
+//! Adding a kind is one file: implement [`Operation`](super::Operation), write a parser, and
+//! [`Registry::register`] it. The guard does the rest.
+
+use super::order::ValidationError;
+use super::Operation;
+use crate::config::Collections;
+use crate::guard::key::Fingerprint;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Longest accepted domain key (`order_id`, `restock_id`…), in bytes. Keys are hashed into
+/// document IDs, so any content is safe; the cap keeps status documents and logs small.
+pub const MAX_KEY_BYTES: usize = 4096;
+
+/// What a parser may use besides the payload.
+pub struct ParseCtx<'a> {
+    /// Collection names.
+    pub collections: &'a Collections,
+    /// Transport identity for payloads without a domain key (`idempotency-key:…`,
+    /// `cloudevent:…`, `pubsub:…`, `cloudtasks:…`, `firestore-document:…`).
+    pub fallback_key: Option<&'a str>,
+    /// A direct caller must name the work (domain key or `Idempotency-Key`); a platform
+    /// delivery may fall back to a hash of the payload.
+    pub direct: bool,
+}
+
+impl ParseCtx<'_> {
+    /// The operation key: the payload's `field` (domain identity) first, then the transport
+    /// identity, then (for platform deliveries only) `payload:` + sha256 of the canonical form.
+    pub fn key(
+        &self,
+        body: &Value,
+        field: &str,
+        canonical: impl FnOnce() -> Fingerprint,
+    ) -> Result<(String, Option<String>), ValidationError> {
+        match body.get(field) {
+            Some(Value::String(s)) if s.is_empty() => {
+                Err(ValidationError::new(field, "must not be empty"))
+            }
+            Some(Value::String(s)) if s.len() > MAX_KEY_BYTES => Err(ValidationError::new(
+                field,
+                format!("must be at most {MAX_KEY_BYTES} bytes"),
+            )),
+            Some(Value::String(s)) => Ok((s.clone(), Some(s.clone()))),
+            Some(Value::Null) | None => match (self.fallback_key, self.direct) {
+                (Some(k), _) => Ok((k.to_string(), None)),
+                (None, false) => Ok((format!("payload:{}", canonical().to_hex()), None)),
+                (None, true) => Err(ValidationError::new(
+                    field,
+                    "is required (or send an Idempotency-Key header)",
+                )),
+            },
+            Some(_) => Err(ValidationError::new(field, "must be a string")),
+        }
+    }
+}
+
+/// Turns a validated payload into an operation.
+pub type Parser =
+    Arc<dyn Fn(&Value, &ParseCtx<'_>) -> Result<Arc<dyn Operation>, ValidationError> + Send + Sync>;
+
+/// The task kinds served under `/tasks/{kind}`.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<String, Parser>,
+}
+
+impl Registry {
+    /// The shipped kinds: `restock` and `cancel_order` (and `order`, the same operation as
+    /// `POST /orders`). `fulfil_order` is a multi-step task served beside them.
+    pub fn with_builtin() -> Self {
+        let mut r = Self::default();
+        r.register("order", |v, ctx| {
+            Ok(Arc::new(super::order::Order::parse_with(v, ctx)?) as Arc<dyn Operation>)
+        });
+        r.register("restock", |v, ctx| {
+            Ok(Arc::new(super::restock::Restock::parse(v, ctx)?) as Arc<dyn Operation>)
+        });
+        r.register("cancel_order", |v, ctx| {
+            Ok(Arc::new(super::cancel::CancelOrder::parse(v, ctx)?) as Arc<dyn Operation>)
+        });
+        r
+    }
+
+    /// Add (or replace) a kind.
+    pub fn register<F>(&mut self, kind: &str, parser: F) -> &mut Self
+    where
+        F: Fn(&Value, &ParseCtx<'_>) -> Result<Arc<dyn Operation>, ValidationError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.kinds.insert(kind.to_string(), Arc::new(parser));
+        self
+    }
+
+    /// The parser of `kind`.
+    pub fn get(&self, kind: &str) -> Option<&Parser> {
+        self.kinds.get(kind)
+    }
+
+    /// Registered kinds, sorted.
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.kinds.keys().map(String::as_str)
+    }
+}
+
+/// A required non-empty string field that names an existing document (an `item_id`).
+pub fn doc_id_field(body: &Value, field: &str) -> Result<String, ValidationError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Err(ValidationError::new(field, "is required")),
+        Some(Value::String(s)) if s.is_empty() => {
+            Err(ValidationError::new(field, "must not be empty"))
+        }
+        Some(Value::String(s)) if crate::guard::key::is_valid_document_id(s) => Ok(s.clone()),
+        Some(Value::String(_)) => Err(ValidationError::new(
+            field,
+            "must be a Firestore document ID: at most 1500 bytes, no '/', not '.', '..' or '__…__'",
+        )),
+        Some(_) => Err(ValidationError::new(field, "must be a string")),
+    }
+}
+
+/// A required integer field in `1..=max`.
+pub fn positive_field(body: &Value, field: &str, max: i64) -> Result<i64, ValidationError> {
+    match body.get(field).and_then(Value::as_i64) {
+        Some(q) if (1..=max).contains(&q) => Ok(q),
+        _ => Err(ValidationError::new(
+            field,
+            format!("must be an integer from 1 to {max}"),
+        )),
+    }
+}
+
+/// The payload must be a JSON object.
+pub fn object(body: &Value) -> Result<(), ValidationError> {
+    if body.is_object() {
+        Ok(())
+    } else {
+        Err(ValidationError::new("body", "must be a JSON object"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn key_prefers_domain_then_transport_then_payload() {
+        let c = Collections::default();
+        let fp = || Fingerprint::of("x", &1);
+        let ctx = ParseCtx {
+            collections: &c,
+            fallback_key: Some("pubsub:m1"),
+            direct: false,
+        };
+        assert_eq!(
+            ctx.key(&json!({"id":"d"}), "id", fp).unwrap(),
+            ("d".into(), Some("d".into()))
+        );
+        assert_eq!(
+            ctx.key(&json!({}), "id", fp).unwrap(),
+            ("pubsub:m1".into(), None)
+        );
+        let push = ParseCtx {
+            collections: &c,
+            fallback_key: None,
+            direct: false,
+        };
+        assert!(push
+            .key(&json!({}), "id", fp)
+            .unwrap()
+            .0
+            .starts_with("payload:"));
+        let direct = ParseCtx {
+            collections: &c,
+            fallback_key: None,
+            direct: true,
+        };
+        assert_eq!(direct.key(&json!({}), "id", fp).unwrap_err().field, "id");
+        assert_eq!(
+            direct.key(&json!({"id": 3}), "id", fp).unwrap_err().field,
+            "id"
+        );
+        assert_eq!(
+            direct.key(&json!({"id": ""}), "id", fp).unwrap_err().field,
+            "id"
+        );
+    }
+}
