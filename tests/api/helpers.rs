@@ -328,3 +328,27 @@ async fn delayed_copy(
     };
     tokio::join!(reader, writer);
 }
+
+static PUBSUB: OnceLock<String> = OnceLock::new();
+
+/// Host:port of the shared Pub/Sub emulator, started on first use (`PUBSUB_EMULATOR_HOST`
+/// names an existing one) and stopped when this process exits.
+pub fn pubsub_host() -> &'static str {
+    PUBSUB.get_or_init(|| {
+        if let Ok(h) = std::env::var("PUBSUB_EMULATOR_HOST") {
+            return h;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator/start");
+        let out = std::process::Command::new(script)
+            .arg("pubsub")
+            .env("EMULATOR_OWNER_PID", std::process::id().to_string())
+            .output()
+            .expect("run emulator/start");
+        assert!(
+            out.status.success(),
+            "emulator/start pubsub failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+}

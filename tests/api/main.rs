@@ -1,5 +1,7 @@
 //! Integration tests against the real Firestore emulator (one per binary, a project per test).
 
 mod concurrency;
+mod deliveries;
 mod helpers;
 mod orders;
+mod pubsub_e2e;
