@@ -5,3 +5,4 @@ mod deliveries;
 mod helpers;
 mod orders;
 mod pubsub_e2e;
+mod tasks;
