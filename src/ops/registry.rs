@@ -1,6 +1,6 @@
 //! Which operation kinds `POST /tasks/{kind}` accepts, and how a payload becomes one.
 //!
-//! Adding a kind is one file: implement [`Operation`](super::Operation), write a parser, and
+//! Adding a kind is one file: implement [`Operation`], write a parser, and
 //! [`Registry::register`] it. The guard does the rest.
 
 use super::order::ValidationError;
