@@ -4,11 +4,11 @@
 
 use super::order::{Line, OrderDoc, ValidationError};
 use super::registry::object;
-use super::{Decision, DocRef, OpError, Operation, ParseCtx, Rejection, Snapshot, Write};
+use super::{Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, Stock, Write};
 use crate::guard::key::{hashed_id, Fingerprint};
 use crate::guard::record::{OutcomeKind, StatusRecord};
 use firestore::FirestoreInstant;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Map};
 
 /// `{order_id}`: restore the order's stock and set `state = "cancelled"`.
@@ -18,16 +18,6 @@ pub struct CancelOrder {
     items: String,
     orders: String,
     operations: String,
-}
-
-#[derive(Deserialize)]
-struct Item {
-    stock: i64,
-}
-
-#[derive(Serialize)]
-struct StockUpdate {
-    stock: i64,
 }
 
 #[derive(Serialize)]
@@ -66,13 +56,7 @@ impl CancelOrder {
     }
 
     fn reject(&self, reason: &str, detail: String) -> Decision {
-        let mut extra = Map::new();
-        extra.insert("order_id".into(), json!(self.order_id));
-        Decision::Reject(Rejection {
-            reason: reason.into(),
-            detail,
-            extra,
-        })
+        Decision::reject(reason, detail, json!({"order_id": self.order_id}))
     }
 
     fn lines(&self, snapshot: &Snapshot) -> Vec<Line> {
@@ -148,10 +132,10 @@ impl Operation for CancelOrder {
             let doc = DocRef::new(&self.items, &line.item_id);
             // An item deleted since the order was taken cannot take its stock back; the
             // cancellation still stands and says so.
-            if let Some(item) = snapshot.get::<Item>(&doc)? {
+            if let Some(item) = snapshot.get::<Stock>(&doc)? {
                 writes.push(Write::update(
                     doc,
-                    &StockUpdate {
+                    &Stock {
                         stock: item.stock.saturating_add(line.quantity),
                     },
                 )?);

@@ -15,7 +15,7 @@
 
 use super::order::{Line, OrderDoc, ValidationError};
 use super::registry::object;
-use super::{Decision, DocRef, OpError, Operation, ParseCtx, Rejection, Snapshot, Write};
+use super::{Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, Write};
 use crate::config::Collections;
 use crate::delivery::DeliveryMeta;
 use crate::faults::Faults;
@@ -38,6 +38,9 @@ pub const FULFILMENTS: &str = "fulfilments";
 pub const INVOICES: &str = "invoices";
 /// Collection of shipment records.
 pub const SHIPMENTS: &str = "shipments";
+/// Collection of task records, `tasks/{task operation ID}`: the one way from a task's ID back
+/// to its steps, since an ID is a hash and cannot be inverted (see [`TaskRecord`]).
+pub const TASKS: &str = "tasks";
 /// How long a delivery may hold the `ship` lease before another may take over.
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
 
@@ -114,6 +117,57 @@ pub struct Fulfilment {
     pub updated_at: FirestoreInstant,
 }
 
+/// `tasks/{sha256("fulfil_order:" + order_id)}`: written with `Write::set` in the same commit
+/// as the `reserve` step, so a status query given the task's ID (the one its answer and its
+/// log line carry) can list the steps. A task rejected at `reserve` has none: its answer
+/// named the `reserve` step's operation ID, which has a status document of its own.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TaskRecord {
+    /// The task's own operation ID; also the document ID.
+    pub operation_id: String,
+    /// `fulfil_order`.
+    pub kind: String,
+    /// The raw key (the order ID).
+    pub key: String,
+    /// Every step, in order, with its operation ID.
+    pub steps: Vec<TaskStep>,
+    /// When the `reserve` step committed.
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub created_at: FirestoreInstant,
+    /// TTL field, as for status documents.
+    #[serde(with = "firestore::serialize_as_timestamp")]
+    pub expire_at: FirestoreInstant,
+}
+
+/// One step named in a [`TaskRecord`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TaskStep {
+    /// `reserve`, `invoice` or `ship`.
+    pub step: String,
+    /// The step's operation ID.
+    pub operation_id: String,
+}
+
+impl TaskRecord {
+    /// The record of the task over `order_id`, created at `now`.
+    pub fn new(order_id: &str, now: FirestoreInstant, retention: Duration) -> Self {
+        Self {
+            operation_id: hashed_id(KIND, order_id),
+            kind: KIND.to_string(),
+            key: order_id.to_string(),
+            steps: Step::ALL
+                .iter()
+                .map(|s| TaskStep {
+                    step: s.name().to_string(),
+                    operation_id: s.operation_id(order_id),
+                })
+                .collect(),
+            created_at: now,
+            expire_at: now.saturating_add(retention).unwrap_or(now),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Invoice<'a> {
     order_id: &'a str,
@@ -146,6 +200,7 @@ pub struct StepOp {
     orders: String,
     leases: String,
     carrier_ref: Option<String>,
+    retention: Duration,
 }
 
 impl StepOp {
@@ -156,14 +211,8 @@ impl StepOp {
         DocRef::new(FULFILMENTS, hashed_id("order", &self.order_id))
     }
     fn reject(&self, reason: &str, detail: String) -> Decision {
-        let mut extra = Map::new();
-        extra.insert("order_id".into(), json!(self.order_id));
-        extra.insert("step".into(), json!(self.step.name()));
-        Decision::Reject(Rejection {
-            reason: reason.into(),
-            detail,
-            extra,
-        })
+        let extra = json!({"order_id": self.order_id, "step": self.step.name()});
+        Decision::reject(reason, detail, extra)
     }
     fn expect_state(&self, snap: &Snapshot, want: &str) -> Result<Option<Decision>, OpError> {
         let f = snap.get::<Fulfilment>(&self.fulfilment())?;
@@ -222,6 +271,11 @@ impl Operation for StepOp {
                             state: "reserved".into(),
                             updated_at: now,
                         },
+                    )?,
+                    // Set, not create: a record left by an earlier, expired run is replaced.
+                    Write::set(
+                        DocRef::new(TASKS, hashed_id(KIND, &self.order_id)),
+                        &TaskRecord::new(&self.order_id, now, self.retention),
                     )?,
                     Write::update(
                         self.order_doc(),
@@ -370,13 +424,14 @@ impl Fulfil {
         hashed_id(KIND, &self.order_id)
     }
 
-    fn op(&self, step: Step, carrier_ref: Option<String>) -> Arc<StepOp> {
+    fn op(&self, guard: &Guard, step: Step, carrier_ref: Option<String>) -> Arc<StepOp> {
         Arc::new(StepOp {
             step,
             order_id: self.order_id.clone(),
             orders: self.orders.clone(),
             leases: self.leases.clone(),
             carrier_ref,
+            retention: guard.config().retention,
         })
     }
 
@@ -392,7 +447,11 @@ impl Fulfil {
         for step in Step::ALL {
             let outcome = match step {
                 Step::Ship => self.ship(guard, carrier, delivery).await?,
-                _ => guard.run(self.op(step, None), delivery.clone()).await?,
+                _ => {
+                    guard
+                        .run(self.op(guard, step, None), delivery.clone())
+                        .await?
+                }
             };
             let rejected = outcome.record.outcome == OutcomeKind::Rejected;
             reports.push(StepReport { step, outcome });
@@ -428,7 +487,13 @@ impl Fulfil {
             fastrand::u64(..)
         );
         match guard
-            .acquire_lease(&self.leases, &op_id, &holder, LEASE_TTL)
+            .acquire_step_lease(
+                &self.leases,
+                Step::Ship.kind(),
+                &self.order_id,
+                &holder,
+                LEASE_TTL,
+            )
             .await?
         {
             LeaseOutcome::Done(done) => Ok(replay(done)),
@@ -446,7 +511,10 @@ impl Fulfil {
                     }
                 };
                 Ok(guard
-                    .run(self.op(Step::Ship, Some(carrier_ref)), delivery.clone())
+                    .run(
+                        self.op(guard, Step::Ship, Some(carrier_ref)),
+                        delivery.clone(),
+                    )
                     .await?)
             }
         }

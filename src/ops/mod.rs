@@ -251,6 +251,28 @@ pub struct Rejection {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+impl Rejection {
+    /// A rejection whose problem body gains the members of `extra` (a JSON object).
+    pub fn new(reason: &str, detail: String, extra: serde_json::Value) -> Self {
+        let extra = match extra {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        Self {
+            reason: reason.to_string(),
+            detail,
+            extra,
+        }
+    }
+}
+
+/// The `stock` field of an item, read and written alone so other fields are kept.
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
+pub struct Stock {
+    /// Units available.
+    pub stock: i64,
+}
+
 /// What an operation decided from its snapshot.
 #[derive(Clone, Debug)]
 pub enum Decision {
@@ -263,6 +285,13 @@ pub enum Decision {
     },
     /// Change nothing but the status document, which records this rejection.
     Reject(Rejection),
+}
+
+impl Decision {
+    /// Shorthand for `Decision::Reject(Rejection::new(..))`.
+    pub fn reject(reason: &str, detail: String, extra: serde_json::Value) -> Self {
+        Decision::Reject(Rejection::new(reason, detail, extra))
+    }
 }
 
 /// A unit of work that must take effect exactly once.

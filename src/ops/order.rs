@@ -2,7 +2,7 @@
 //! business rejection stored as an outcome instead of raised (which would roll back the status
 //! write and make every redelivery try again, forever).
 
-use super::{Decision, DocRef, OpError, Operation, ParseCtx, Rejection, Snapshot, Write};
+use super::{Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, Stock, Write};
 use crate::config::Collections;
 use crate::guard::key::{hashed_id, is_valid_document_id, Fingerprint};
 use firestore::FirestoreInstant;
@@ -54,16 +54,6 @@ pub struct Order {
     lines: Vec<Line>,
     items: String,
     orders: String,
-}
-
-#[derive(Deserialize)]
-struct Item {
-    stock: i64,
-}
-
-#[derive(Serialize)]
-struct StockUpdate {
-    stock: i64,
 }
 
 /// The accepted order as stored in `orders/{operation_id}`.
@@ -244,19 +234,6 @@ impl Order {
     }
 }
 
-/// Reject with `reason`, naming the item.
-fn reject(reason: &str, detail: String, extra: Value) -> Decision {
-    let extra = match extra {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    };
-    Decision::Reject(Rejection {
-        reason: reason.to_owned(),
-        detail,
-        extra,
-    })
-}
-
 impl Operation for Order {
     fn kind(&self) -> &'static str {
         "order"
@@ -284,15 +261,15 @@ impl Operation for Order {
         let mut writes = Vec::with_capacity(self.lines.len() + 1);
         for line in &self.lines {
             let doc = self.item(&line.item_id);
-            let Some(item) = snapshot.get::<Item>(&doc)? else {
-                return Ok(reject(
+            let Some(item) = snapshot.get::<Stock>(&doc)? else {
+                return Ok(Decision::reject(
                     "unknown_item",
                     format!("item {:?} does not exist", line.item_id),
                     json!({"item_id": line.item_id}),
                 ));
             };
             if item.stock < line.quantity {
-                return Ok(reject(
+                return Ok(Decision::reject(
                     "insufficient_stock",
                     format!(
                         "item {:?} has {} in stock, the order needs {}",
@@ -303,7 +280,7 @@ impl Operation for Order {
             }
             writes.push(Write::update(
                 doc,
-                &StockUpdate {
+                &Stock {
                     stock: item.stock - line.quantity,
                 },
             )?);

@@ -2,9 +2,9 @@
 
 use super::order::ValidationError;
 use super::registry::{doc_id_field, object, positive_field};
-use super::{Decision, DocRef, OpError, Operation, ParseCtx, Rejection, Snapshot, Write};
+use super::{Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, Stock, Write};
 use crate::guard::key::Fingerprint;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Map};
 
 /// Largest quantity one restock may add.
@@ -23,16 +23,6 @@ pub struct Restock {
 struct Canonical<'a> {
     item_id: &'a str,
     quantity: i64,
-}
-
-#[derive(Deserialize)]
-struct Item {
-    stock: i64,
-}
-
-#[derive(Serialize)]
-struct StockUpdate {
-    stock: i64,
 }
 
 impl Restock {
@@ -90,14 +80,12 @@ impl Operation for Restock {
     }
 
     fn decide(&self, snapshot: &Snapshot) -> Result<Decision, OpError> {
-        let Some(item) = snapshot.get::<Item>(&self.item())? else {
-            let mut extra = Map::new();
-            extra.insert("item_id".into(), json!(self.item_id));
-            return Ok(Decision::Reject(Rejection {
-                reason: "unknown_item".into(),
-                detail: format!("item {:?} does not exist", self.item_id),
-                extra,
-            }));
+        let Some(item) = snapshot.get::<Stock>(&self.item())? else {
+            return Ok(Decision::reject(
+                "unknown_item",
+                format!("item {:?} does not exist", self.item_id),
+                json!({"item_id": self.item_id}),
+            ));
         };
         let stock = item.stock.saturating_add(self.quantity);
         let mut result = Map::new();
@@ -105,7 +93,7 @@ impl Operation for Restock {
         result.insert("added".into(), json!(self.quantity));
         result.insert("stock".into(), json!(stock));
         Ok(Decision::Apply {
-            writes: vec![Write::update(self.item(), &StockUpdate { stock })?],
+            writes: vec![Write::update(self.item(), &Stock { stock })?],
             result,
         })
     }

@@ -62,6 +62,9 @@ impl TestApp {
     }
 }
 
+/// Headers, body, and the dead letter's expected reason.
+type Case = (Vec<(&'static str, &'static str)>, Vec<u8>, &'static str);
+
 const PUBSUB_EVENT: &str = "google.cloud.pubsub.topic.v1.messagePublished";
 
 fn eventarc(
@@ -318,7 +321,7 @@ async fn malformed_push_deliveries_are_dead_lettered_once_and_acknowledged() {
         &[("order_id", pb::value::ValueType::StringValue("o".into()))],
     );
     let truncated = full[..full.len() - 3].to_vec();
-    let cases: Vec<(Vec<(&str, &str)>, Vec<u8>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (json_ct.to_vec(), bad_b64.into_bytes(), "invalid-envelope"),
         (json_ct.to_vec(), not_json.into_bytes(), "invalid-envelope"),
         (json_ct.to_vec(), wrong_types.into_bytes(), "invalid-field"),
