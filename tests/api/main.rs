@@ -2,7 +2,9 @@
 
 mod concurrency;
 mod deliveries;
+mod deploy;
 mod helpers;
+mod operate;
 mod orders;
 mod pubsub_e2e;
 mod tasks;

@@ -1,0 +1,39 @@
+# firestore-once: build in the official Rust image, run from distroless as a non-root user.
+#
+#   docker build -t firestore-once .
+#   docker run --rm -p 8080:8080 -e GOOGLE_CLOUD_PROJECT=my-project firestore-once
+#
+# Keep RUST_VERSION equal to `rust-version` in Cargo.toml (tests/api/deploy.rs checks it).
+ARG RUST_VERSION=1.91
+
+FROM rust:${RUST_VERSION}-bookworm AS builder
+WORKDIR /app
+
+# Dependency layer: build every dependency against placeholder sources, so this layer is
+# rebuilt only when Cargo.toml or Cargo.lock change, not on every source edit. The
+# placeholders' own artefacts are removed so the real build below cannot reuse them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src tests/api \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs tests/api/main.rs \
+    && cargo build --release --locked --bin firestore-once \
+    && rm -rf src \
+        target/release/firestore-once* \
+        target/release/.fingerprint/firestore-once-* \
+        target/release/deps/firestore_once-* \
+        target/release/deps/libfirestore_once-*
+
+# The service itself. TLS is rustls with bundled web PKI roots, so the runtime image needs
+# neither OpenSSL nor a CA bundle; the binary only needs glibc, which distroless/cc has.
+COPY src ./src
+RUN cargo build --release --locked --bin firestore-once \
+    && cp target/release/firestore-once /usr/local/bin/firestore-once
+
+# glibc 2.36 on both sides: bookworm builds, distroless Debian 12 runs.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=builder /usr/local/bin/firestore-once /usr/local/bin/firestore-once
+ENV PORT=8080
+EXPOSE 8080
+# distroless's `nonroot` user, numeric so that a platform can verify it is not root.
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/firestore-once"]
