@@ -19,6 +19,13 @@ use std::time::Duration;
 pub struct Lease {
     /// The step's operation ID.
     pub operation_id: String,
+    /// The step's operation kind, so a status query can name what is running (absent on
+    /// leases taken through [`Guard::acquire_lease`], which only knows the ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The step's raw key, for the same reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Who holds it (a per-delivery token).
     pub holder: String,
     /// When it was taken.
@@ -53,6 +60,32 @@ impl Guard {
         holder: &str,
         ttl: Duration,
     ) -> Result<LeaseOutcome, GuardError> {
+        self.lease(leases, operation_id, None, holder, ttl).await
+    }
+
+    /// [`acquire_lease`](Self::acquire_lease) for the step `kind:key`, recording both on the
+    /// lease so `GET /operations/{id}` can say which operation is in progress.
+    pub async fn acquire_step_lease(
+        &self,
+        leases: &str,
+        kind: &str,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LeaseOutcome, GuardError> {
+        let operation_id = super::key::hashed_id(kind, key);
+        self.lease(leases, &operation_id, Some((kind, key)), holder, ttl)
+            .await
+    }
+
+    async fn lease(
+        &self,
+        leases: &str,
+        operation_id: &str,
+        subject: Option<(&str, &str)>,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LeaseOutcome, GuardError> {
         let status = self.status_ref(operation_id);
         let lease_doc = DocRef::new(leases, operation_id);
         let docs = [status.clone(), lease_doc.clone()];
@@ -70,6 +103,8 @@ impl Guard {
             }
             let lease = Lease {
                 operation_id: operation_id.to_string(),
+                kind: subject.map(|(k, _)| k.to_string()),
+                key: subject.map(|(_, k)| k.to_string()),
                 holder: holder.to_string(),
                 acquired_at: now,
                 expires_at: now.saturating_add(ttl).unwrap_or(now),

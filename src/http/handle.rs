@@ -56,18 +56,124 @@ enum Answer {
     Error(ApiError),
 }
 
-/// `POST /orders`.
+/// `POST /orders`: process an order exactly once in effect, whatever delivered it.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "work",
+    params(crate::http::openapi::DeliveryHeaders),
+    request_body(
+        description = "A plain or multi-line order, a Pub/Sub push envelope carrying one, a \
+            structured CloudEvent, or (with `ce-*` headers) a binary-mode CloudEvent whose body \
+            is the order as JSON or a Firestore `DocumentEventData` as protobuf.",
+        content(
+            (crate::http::openapi::OrderRequest = "application/json"),
+            (crate::http::openapi::StructuredCloudEvent = "application/cloudevents+json"),
+            (crate::http::openapi::FirestoreDocumentEvent = "application/protobuf"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Processed (now, or replayed with \
+            `Idempotent-Replayed: true`), skipped, or dead-lettered. A platform delivery gets \
+            200 for a rejection too, with the stored problem body, so it stops redelivering.",
+         headers(("Idempotent-Replayed" = String,
+                  description = "`true` when an earlier delivery decided this answer.")),
+         links(("status" = (operation_id = "get_operation",
+             parameters(("operation_id" = "$response.body#/operation_id")),
+             description = "What happened to this operation: `GET /operations/{operation_id}`."))),
+         content(
+            (crate::http::openapi::OrderAnswer = "application/json"),
+            (crate::http::openapi::Problem = "application/problem+json"),
+         )),
+        (status = 400, description = "Malformed JSON, an invalid field (`field` names it) or \
+            an invalid envelope; nothing was written.",
+         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Rejected: an unknown item or not enough stock. Recorded, \
+            so every retry gets the same answer.",
+         links(("status" = (operation_id = "get_operation",
+             parameters(("operation_id" = "$response.body#/operation_id")),
+             description = "What happened to this operation: `GET /operations/{operation_id}`."))),
+         headers(("Idempotent-Replayed" = String,
+                  description = "`true` when an earlier delivery decided this answer.")),
+         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over `ONCE_MAX_BODY_BYTES`.",
+         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not a JSON body.",
+         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The key was first used with another payload; nothing \
+            was changed.",
+         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn post_orders(State(st): State<AppState>, req: Request) -> Response {
     serve(st, req, Target::Orders).await
 }
 
-/// `POST /tasks/{kind}`.
+/// `POST /tasks/{kind}`: run a task of a registered kind exactly once in effect.
+#[utoipa::path(
+    post,
+    path = "/tasks/{kind}",
+    tag = "work",
+    params(
+        ("kind" = inline(crate::http::openapi::TaskKind), Path,
+         description = "A task kind: `restock`, `cancel_order`, `fulfil_order`, `order`."),
+        crate::http::openapi::DeliveryHeaders,
+    ),
+    request_body(
+        description = "The kind's body, or a Pub/Sub push envelope or CloudEvent carrying it.",
+        content(
+            (crate::http::openapi::TaskRequest = "application/json"),
+            (crate::http::openapi::StructuredCloudEvent = "application/cloudevents+json"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Processed (for `fulfil_order`: every step, listed), \
+            skipped or dead-lettered; for a platform delivery, a rejection too.",
+         headers(("Idempotent-Replayed" = String,
+                  description = "`true` when an earlier delivery decided this answer.")),
+         links(("status" = (operation_id = "get_operation",
+             parameters(("operation_id" = "$response.body#/operation_id")),
+             description = "What happened to this operation: `GET /operations/{operation_id}`."))),
+         content(
+            (crate::http::openapi::TaskAnswer = "application/json"),
+            (crate::http::openapi::Problem = "application/problem+json"),
+         )),
+        (status = 400, description = "Malformed JSON, an invalid field or envelope.",
+         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown task kind (`known_kinds` lists them).",
+         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Rejected (recorded and replayed), or a `fulfil_order` \
+            step another delivery is running (`/problems/in-progress`, with `Retry-After`).",
+         headers(
+            ("Idempotent-Replayed" = String,
+             description = "`true` when an earlier delivery decided this answer."),
+            ("Retry-After" = u64, description = "For `in-progress`: seconds until the \
+             holder's lease expires."),
+         ),
+         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over `ONCE_MAX_BODY_BYTES`.",
+         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not a JSON body.",
+         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The key was first used with another payload.",
+         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn post_task(
     State(st): State<AppState>,
-    Path(kind): Path<String>,
+    kind: Result<Path<String>, axum::extract::rejection::PathRejection>,
     req: Request,
 ) -> Response {
-    serve(st, req, Target::Task(kind)).await
+    match kind {
+        Ok(Path(kind)) => serve(st, req, Target::Task(kind)).await,
+        // A kind that is not UTF-8 (`/tasks/%FF`): problem+json like every other error, not
+        // axum's plain-text rejection.
+        Err(e) => ApiError::Validation(crate::ops::order::ValidationError::new(
+            "kind",
+            e.body_text(),
+        ))
+        .into_response(),
+    }
 }
 
 /// Read the body up to `limit` bytes; a declared or actual excess is refused without

@@ -3,7 +3,9 @@
 pub mod dead_letter;
 pub mod error;
 pub mod handle;
+pub mod openapi;
 pub mod ready;
+pub mod status;
 
 use crate::config::Config;
 use crate::faults::Faults;
@@ -57,12 +59,22 @@ pub fn app(state: AppState) -> Router {
         .route("/tasks/{kind}", post(handle::post_task))
         .route("/healthz", get(healthz))
         .route("/readyz", get(ready::readyz))
+        .route("/operations/{operation_id}", get(status::get_operation))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
-async fn healthz() -> &'static str {
+/// `GET /healthz`: liveness, independent of Firestore.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    responses((status = 200, description = "The process is alive.", body = String,
+               content_type = "text/plain", example = "ok"))
+)]
+pub async fn healthz() -> &'static str {
     "ok"
 }
 

@@ -16,6 +16,18 @@ pub const PROBE_DOCUMENT: &str = "readyz-probe";
 
 /// `GET /readyz`: 200 `ready` when a single document read answers within the Firestore
 /// deadline, else 503 problem+json with `Retry-After`.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "service",
+    responses(
+        (status = 200, description = "Firestore answers this instance.", body = String,
+         content_type = "text/plain", example = "ready"),
+        (status = 503, description = "Firestore did not answer the probe read in time.",
+         body = super::openapi::Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before asking again."))),
+    )
+)]
 pub async fn readyz(State(st): State<AppState>) -> Response {
     let cfg = &st.config;
     let probe = [crate::ops::DocRef::new(

@@ -7,4 +7,5 @@ mod helpers;
 mod operate;
 mod orders;
 mod pubsub_e2e;
+mod status;
 mod tasks;
