@@ -65,6 +65,13 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `ONCE_RETRY_AFTER_SECS`: the `Retry-After` sent with a 503.
     pub retry_after_secs: u64,
+    /// `ONCE_MAX_IN_FLIGHT`: most `/orders` and `/tasks` requests one instance works on at
+    /// once; the next is shed at once with 503 and `Retry-After`, before its body is read.
+    /// The default (200) is 2.5 times Cloud Run's default concurrency (80), so on a default
+    /// deployment Cloud Run's own limit bites first and this one only guards against a raised
+    /// concurrency setting or a flood outside Cloud Run; at the 1 MiB body limit it bounds
+    /// buffered bodies to 200 MiB, inside the smallest instance that runs this service well.
+    pub max_in_flight: usize,
     /// `ONCE_LOG_FORMAT`: `json` or `text`; default json unless stdout is a terminal.
     pub log_format: LogFormat,
     /// `ONCE_SHUTDOWN_GRACE_MS`: after SIGTERM, how long in-flight requests may run before
@@ -87,6 +94,7 @@ impl Default for Config {
             batch_max: 16,
             max_body_bytes: 1024 * 1024,
             retry_after_secs: 1,
+            max_in_flight: 200,
             log_format: LogFormat::Json,
             shutdown_grace: Duration::from_millis(9000),
         }
@@ -174,6 +182,14 @@ impl Config {
                 get("ONCE_RETRY_AFTER_SECS"),
                 d.retry_after_secs,
             )?,
+            max_in_flight: match parse(
+                "ONCE_MAX_IN_FLIGHT",
+                get("ONCE_MAX_IN_FLIGHT"),
+                d.max_in_flight,
+            )? {
+                0 => bail!("ONCE_MAX_IN_FLIGHT must be positive"),
+                n => n,
+            },
             log_format,
             shutdown_grace: ms("ONCE_SHUTDOWN_GRACE_MS", d.shutdown_grace)?,
         };
@@ -229,6 +245,7 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.retention, Duration::from_secs(35 * 86400));
         assert_eq!(c.shutdown_grace, Duration::from_secs(9));
+        assert_eq!(c.max_in_flight, 200);
         let c = cfg(&[
             ("PORT", "9000"),
             ("GOOGLE_CLOUD_PROJECT", "p1"),
@@ -236,6 +253,7 @@ mod tests {
             ("ONCE_REQUEST_TIMEOUT_MS", "250"),
             ("ONCE_LOG_FORMAT", "text"),
             ("ONCE_SHUTDOWN_GRACE_MS", "1500"),
+            ("ONCE_MAX_IN_FLIGHT", "16"),
         ])
         .unwrap();
         assert_eq!(c.port, 9000);
@@ -244,6 +262,7 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_millis(250));
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.shutdown_grace, Duration::from_millis(1500));
+        assert_eq!(c.max_in_flight, 16);
     }
 
     #[test]
@@ -254,6 +273,7 @@ mod tests {
             ("ONCE_REQUEST_TIMEOUT_MS", "0"),
             ("ONCE_LOG_FORMAT", "xml"),
             ("ONCE_SHUTDOWN_GRACE_MS", "soon"),
+            ("ONCE_MAX_IN_FLIGHT", "0"),
         ] {
             let e = cfg(&[(k, v)]).unwrap_err().to_string();
             assert!(e.contains(k), "{e}");

@@ -72,6 +72,7 @@ pub mod delivery;
 pub mod faults;
 pub mod guard;
 pub mod http;
+pub mod invariants;
 pub mod ops;
 pub mod telemetry;
 

@@ -29,6 +29,11 @@ use std::collections::BTreeMap;
 /// Longest accepted `Idempotency-Key` (the Stripe convention).
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
+/// Longest transport identity accepted (a message ID, `ce-id`, `ce-source`, a task name, a
+/// subscription, a Firestore document name). Real ones are far shorter; a Firestore document
+/// name, the longest legitimate one, stops at 6 KiB. See [`decode`].
+pub const MAX_TRANSPORT_ID_BYTES: usize = 8 * 1024;
+
 /// Who delivered a request, and so how it must be answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -223,7 +228,64 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Delivery {
             }
         }
     }
+    bound(&mut d);
     d
+}
+
+/// Cut `s` to at most `max` bytes on a character boundary; true when it was longer.
+fn cut(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut n = max;
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    s.truncate(n);
+    true
+}
+
+/// Refuse a delivery whose transport identity is longer than [`MAX_TRANSPORT_ID_BYTES`], and
+/// keep only that much of it. Those values are stored on status documents and dead letters
+/// and logged: unbounded, a hostile envelope could push a status document past Firestore's
+/// 1 MiB limit, and a commit that fails that way answers 503, which a platform redelivers
+/// forever. Refused, the delivery is dead-lettered (push) or answered 400 (direct).
+fn bound(d: &mut Delivery) {
+    let mut too_long: Option<String> = None;
+    if let Some(id) = d.meta.id.as_mut() {
+        if cut(id, MAX_TRANSPORT_ID_BYTES) {
+            let field = match d.meta.source.as_str() {
+                "eventarc" => "ce-id",
+                "pubsub" => "message.messageId",
+                "cloudtasks" => "X-CloudTasks-TaskName",
+                _ => "id",
+            };
+            too_long = Some(field.to_string());
+        }
+    }
+    for (k, v) in d.meta.attrs.iter_mut() {
+        if cut(v, MAX_TRANSPORT_ID_BYTES) && too_long.is_none() {
+            too_long = Some(k.clone());
+        }
+    }
+    if let Ok(Payload::Work {
+        fallback_key: Some(k),
+        ..
+    }) = &d.payload
+    {
+        // A key is a short prefix plus identities checked above, or a document name.
+        if k.len() > MAX_TRANSPORT_ID_BYTES + 64 && too_long.is_none() {
+            too_long = Some("data.value.name".into());
+        }
+    }
+    if let Some(field) = too_long {
+        if d.payload.is_ok() {
+            d.payload = Err(DeliveryError::envelope(
+                &field,
+                format!("must be at most {MAX_TRANSPORT_ID_BYTES} bytes"),
+            ));
+        }
+    }
 }
 
 /// A JSON body with no envelope.
@@ -322,5 +384,48 @@ mod tests {
             b"{}",
         );
         assert!(d.payload.is_ok());
+    }
+
+    #[test]
+    fn transport_identities_are_bounded() {
+        let huge = "m".repeat(MAX_TRANSPORT_ID_BYTES + 1);
+        let envelope = serde_json::json!({
+            "message": {"data": pubsub::encode_data(br#"{"item_id":"a","quantity":1}"#),
+                        "messageId": huge},
+            "subscription": "projects/p/subscriptions/s"
+        });
+        let d = decode(
+            &headers(&[("content-type", "application/json")]),
+            envelope.to_string().as_bytes(),
+        );
+        assert_eq!(d.mode, Mode::Push);
+        assert!(
+            matches!(&d.payload, Err(DeliveryError::Envelope { field, .. }) if field == "message.messageId"),
+            "{:?}",
+            d.payload
+        );
+        assert_eq!(
+            d.meta.id.as_ref().map(String::len),
+            Some(MAX_TRANSPORT_ID_BYTES)
+        );
+        let source = "s".repeat(MAX_TRANSPORT_ID_BYTES + 10);
+        let d = decode(
+            &headers(&[
+                ("content-type", "application/json"),
+                ("ce-specversion", "1.0"),
+                ("ce-id", "e-1"),
+                ("ce-source", &source),
+                ("ce-type", "com.example.order"),
+            ]),
+            br#"{"item_id":"a","quantity":1}"#,
+        );
+        assert!(
+            matches!(&d.payload, Err(DeliveryError::Envelope { field, .. }) if field == "ce_source"),
+            "{:?}",
+            d.payload
+        );
+        let mut s = "é".repeat(10);
+        assert!(cut(&mut s, 5));
+        assert_eq!(s, "éé");
     }
 }

@@ -4,6 +4,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod handle;
 pub mod openapi;
+pub mod overload;
 pub mod ready;
 pub mod status;
 
@@ -54,9 +55,11 @@ impl AppState {
 
 /// The service's router. Tests drive it with `oneshot` or a real listener.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let work = Router::new()
         .route("/orders", post(handle::post_orders))
-        .route("/tasks/{kind}", post(handle::post_task))
+        .route("/tasks/{kind}", post(handle::post_task));
+    // The limit covers the routes above only: health checks answer even when the instance is full.
+    overload::shed(work, &state.config)
         .route("/healthz", get(healthz))
         .route("/readyz", get(ready::readyz))
         .route("/operations/{operation_id}", get(status::get_operation))

@@ -1,0 +1,1102 @@
+//! Reliability scenarios (issue 8): exactly-once under duplicate storms, database stalls, a
+//! killed instance and overload, each ending with the invariant checker reading Firestore.
+//!
+//! Every scenario has a short size, run by `cargo test` and CI, and a long size, the one the
+//! README publishes: `RELIABILITY=long cargo test --test api reliability -- --nocapture`.
+//! Each prints one `reliability:` line with its figures.
+//!
+//! Scenarios 2 to 4 run the real binary as a child process, so a SIGKILL is a real crash and
+//! the memory figure (`VmHWM`, the peak resident set) is the service's alone.
+
+use crate::helpers::*;
+use base64::Engine;
+use firestore::{FirestoreDb, FirestoreDbOptions};
+use firestore_once::config::Collections;
+use firestore_once::invariants::{self, Report, StockMap};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
+
+/// `RELIABILITY=long` selects the published sizes.
+fn long() -> bool {
+    std::env::var("RELIABILITY").as_deref() == Ok("long")
+}
+
+fn size_name() -> &'static str {
+    if long() {
+        "long"
+    } else {
+        "short"
+    }
+}
+
+/// The figures of one run, printed as one line for the README table.
+#[derive(Default)]
+struct Figures {
+    orders: usize,
+    deliveries: usize,
+    duplicates: usize,
+    replayed: usize,
+    faults: String,
+    unavailable: usize,
+    redelivered: usize,
+    fivexx_after: usize,
+    violations: usize,
+    peak_rss_mib: f64,
+    seconds: f64,
+}
+
+impl Figures {
+    fn print(&self, scenario: &str) {
+        println!(
+            "reliability: scenario={scenario} size={} orders={} deliveries={} duplicates={} \
+             replayed={} faults=\"{}\" answered_503={} redelivered={} 5xx_after_redelivery={} \
+             invariant_violations={} peak_rss_mib={:.1} seconds={:.1}",
+            size_name(),
+            self.orders,
+            self.deliveries,
+            self.duplicates,
+            self.replayed,
+            self.faults,
+            self.unavailable,
+            self.redelivered,
+            self.fivexx_after,
+            self.violations,
+            self.peak_rss_mib,
+            self.seconds
+        );
+    }
+}
+
+/// Orders and the stock they draw on.
+struct Workload {
+    initial: StockMap,
+    orders: Vec<Value>,
+}
+
+/// `n` orders over `items` items, deterministic for `seed`. Every other item is scarce (it
+/// runs out about halfway through its orders, so some are rejected); a fifth of the orders
+/// have two lines, which are all or nothing.
+fn workload(prefix: &str, n: usize, items: usize, seed: u64) -> Workload {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let item = |i: usize| format!("i-{i:02}");
+    let per_item = (n / items).max(1) as i64;
+    let initial = (0..items)
+        .map(|i| {
+            let stock = if i % 2 == 0 { per_item } else { 1_000_000 };
+            (item(i), stock)
+        })
+        .collect();
+    let orders = (0..n)
+        .map(|k| {
+            let id = format!("{prefix}-{k}");
+            let a = rng.usize(0..items);
+            if items > 1 && rng.u8(0..5) == 0 {
+                let b = (a + 1 + rng.usize(0..items - 1)) % items;
+                json!({"order_id": id, "items": [
+                    {"item_id": item(a), "quantity": rng.i64(1..=3)},
+                    {"item_id": item(b), "quantity": rng.i64(1..=3)}]})
+            } else {
+                json!({"order_id": id, "item_id": item(a), "quantity": rng.i64(1..=3)})
+            }
+        })
+        .collect();
+    Workload { initial, orders }
+}
+
+fn rest_root(host: &str, project: &str) -> String {
+    format!("http://{host}/v1/projects/{project}/databases/(default)/documents")
+}
+
+/// Create the items through the emulator's REST API.
+async fn seed(http: &reqwest::Client, rest: &str, stock: &StockMap) {
+    futures::stream::iter(stock.iter())
+        .for_each_concurrent(16, |(id, n)| async move {
+            let r = http
+                .post(format!("{rest}/items"))
+                .query(&[("documentId", id)])
+                .json(&json!({"fields": {"stock": {"integerValue": n.to_string()}}}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "seed {id}");
+        })
+        .await;
+}
+
+/// IDs of every document of a collection (REST, paged).
+async fn ids(http: &reqwest::Client, rest: &str, collection: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut q = vec![
+            ("pageSize".to_string(), "500".to_string()),
+            ("mask.fieldPaths".to_string(), "__name__".to_string()),
+        ];
+        if let Some(t) = &token {
+            q.push(("pageToken".into(), t.clone()));
+        }
+        let v: Value = http
+            .get(format!("{rest}/{collection}"))
+            .query(&q)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for d in v["documents"].as_array().into_iter().flatten() {
+            if let Some(name) = d["name"].as_str() {
+                out.insert(name.rsplit('/').next().unwrap_or_default().to_string());
+            }
+        }
+        match v["nextPageToken"].as_str() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => return out,
+        }
+    }
+}
+
+/// Run the invariant checker on `project`, on the shared emulator or on `host`.
+async fn check(project: &str, host: Option<&str>, initial: &StockMap) -> Report {
+    emulator_host();
+    let mut opts = FirestoreDbOptions::new(project.to_string());
+    opts.firebase_api_url = host.map(|h| format!("http://{h}"));
+    let db = FirestoreDb::with_options(opts).await.unwrap();
+    let report = invariants::verify(&db, &Collections::default(), initial)
+        .await
+        .unwrap();
+    print!("invariants: {report}");
+    report
+}
+
+/// One answer as the client saw it.
+#[derive(Clone, Debug)]
+struct Answer {
+    status: u16,
+    body: bytes::Bytes,
+    replayed: bool,
+    retry_after: bool,
+    latency: Duration,
+}
+
+impl Answer {
+    fn failed(&self) -> bool {
+        self.status >= 500
+    }
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: reqwest::Body) -> Answer {
+    let started = Instant::now();
+    let r = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await;
+    match r {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let replayed = r.headers().contains_key("idempotent-replayed");
+            let retry_after = r.headers().contains_key("retry-after");
+            let body = r.bytes().await.unwrap_or_default();
+            Answer {
+                status,
+                body,
+                replayed,
+                retry_after,
+                latency: started.elapsed(),
+            }
+        }
+        // No answer at all: counted as a failure to be redelivered, like a platform would.
+        Err(e) => Answer {
+            status: 599,
+            body: bytes::Bytes::from(e.to_string()),
+            replayed: false,
+            retry_after: false,
+            latency: started.elapsed(),
+        },
+    }
+}
+
+async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Answer {
+    post(http, url, reqwest::Body::from(body.to_string())).await
+}
+
+/// Every answer each order got, in order.
+type Ledger = Vec<Vec<Answer>>;
+
+/// Redeliver every order whose last answer was a 5xx, honouring `Retry-After` (1 s), until
+/// none is left or `rounds` are spent. Returns how many redeliveries were sent.
+async fn redeliver(
+    http: &reqwest::Client,
+    urls: &[String],
+    orders: &[Value],
+    ledger: &mut Ledger,
+    rounds: usize,
+) -> usize {
+    let mut sent = 0;
+    for round in 0..rounds {
+        let todo: Vec<usize> = (0..orders.len())
+            .filter(|&i| ledger[i].last().is_some_and(Answer::failed))
+            .collect();
+        if todo.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        sent += todo.len();
+        let answers: Vec<(usize, Answer)> = futures::stream::iter(todo)
+            .map(|i| {
+                let url = &urls[(i + round) % urls.len()];
+                async move { (i, post_json(http, url, &orders[i]).await) }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for (i, a) in answers {
+            ledger[i].push(a);
+        }
+    }
+    sent
+}
+
+/// What the answers say, checked against each other: after redelivery no order is left on a
+/// 5xx, every final answer of one order is the same bytes, and at most one was fresh.
+/// Returns (orders answered 200, orders answered 409, 5xx left).
+fn settle(ledger: &Ledger) -> (usize, usize, usize) {
+    let (mut ok, mut rejected, mut left) = (0, 0, 0);
+    for (i, answers) in ledger.iter().enumerate() {
+        if answers.last().is_none_or(Answer::failed) {
+            left += 1;
+            continue;
+        }
+        let good: Vec<&Answer> = answers.iter().filter(|a| !a.failed()).collect();
+        let first = good[0];
+        for a in &good {
+            assert_eq!(
+                (a.status, &a.body),
+                (first.status, &first.body),
+                "order {i}: answers differ"
+            );
+        }
+        assert!(
+            good.iter().filter(|a| !a.replayed).count() <= 1,
+            "order {i} was processed fresh more than once"
+        );
+        match first.status {
+            200 => ok += 1,
+            409 => rejected += 1,
+            s => panic!("order {i}: unexpected status {s}: {:?}", first.body),
+        }
+    }
+    (ok, rejected, left)
+}
+
+/// Peak and current resident memory of a process, in MiB (`/proc/PID/status`).
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Decision lines the child logged.
+#[derive(Default)]
+struct LogCount {
+    decisions: AtomicUsize,
+    replayed: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+/// The real service binary as a child process on a fixed port.
+struct Instance {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl Instance {
+    async fn start(
+        port: u16,
+        project: &str,
+        firestore: &str,
+        extra: &[(&str, &str)],
+        log: Arc<LogCount>,
+    ) -> Self {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_firestore-once"));
+        cmd.env("PORT", port.to_string())
+            .env("GOOGLE_CLOUD_PROJECT", project)
+            .env("FIRESTORE_EMULATOR_HOST", firestore)
+            .env("ONCE_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start the service binary");
+        let out = child.stdout.take().expect("stdout");
+        // Read every line, or a full pipe would block the service's logging.
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if v["message"] == "decision" {
+                    log.decisions.fetch_add(1, Ordering::Relaxed);
+                    if v["replayed"] == true {
+                        log.replayed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if v["status"].as_u64().is_some_and(|s| s >= 500) {
+                        log.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(format!("{url}/healthz")).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "the service did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { child, url }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    async fn kill(&mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn signal_group(pgid: &str, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([signal, "--", &format!("-{pgid}")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill {signal} -{pgid}");
+}
+
+/// A Firestore emulator of the scenario's own, so it can be paused without touching the one
+/// every other test shares. Resumed and stopped on drop.
+struct OwnEmulator {
+    host: String,
+    port: String,
+    pgid: String,
+}
+
+impl OwnEmulator {
+    async fn start() -> Self {
+        let out = tokio::task::spawn_blocking(|| {
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/emulator/start"))
+                .arg("firestore")
+                .env("EMULATOR_OWNER_PID", std::process::id().to_string())
+                .output()
+                .expect("run emulator/start")
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let host = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let port = host.rsplit(':').next().unwrap().to_string();
+        let dir = std::env::var("EMULATOR_STATE_DIR").unwrap_or_else(|_| {
+            format!(
+                "{}/firestore-once-emulators",
+                std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into())
+            )
+        });
+        let pgid = std::fs::read_to_string(format!("{dir}/firestore-{port}.pid"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Self { host, port, pgid }
+    }
+}
+
+impl Drop for OwnEmulator {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", "--", &format!("-{}", self.pgid)])
+            .status();
+        let _ = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/emulator/stop"))
+            .args(["firestore", &self.port])
+            .status();
+    }
+}
+
+/// Scenario 1: two instances on different ports against one emulator; every order delivered
+/// several times, shuffled, concurrently to both; some items run out of stock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_storm_applies_each_order_once() {
+    let (n, items, copies, concurrency) = if long() {
+        (500, 20, 5, 64)
+    } else {
+        (120, 10, 3, 32)
+    };
+    let started = Instant::now();
+    let project = project();
+    let a = spawn_app_with(project.clone(), |_| {}).await;
+    let b = spawn_app_with(project.clone(), |_| {}).await;
+    let w = workload("storm", n, items, 8);
+    seed(&a.http, &a.rest, &w.initial).await;
+    let urls = [a.url("/orders"), b.url("/orders")];
+
+    let mut rng = fastrand::Rng::with_seed(1);
+    let mut plan: Vec<usize> = (0..n)
+        .flat_map(|i| std::iter::repeat_n(i, copies))
+        .collect();
+    rng.shuffle(&mut plan);
+    let plan: Vec<(usize, usize)> = plan.into_iter().map(|i| (i, rng.usize(0..2))).collect();
+
+    // Stock is sampled while the storm runs: it must never be seen below zero.
+    let lowest = Arc::new(Mutex::new(i64::MAX));
+    let sampler = {
+        let (lowest, http, rest) = (lowest.clone(), a.http.clone(), a.rest.clone());
+        tokio::spawn(async move {
+            loop {
+                let v: Value = http
+                    .get(format!("{rest}/items"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                for d in v["documents"].as_array().into_iter().flatten() {
+                    if let Some(s) = d["fields"]["stock"]["integerValue"].as_str() {
+                        let s: i64 = s.parse().unwrap();
+                        let mut l = lowest.lock().unwrap();
+                        *l = (*l).min(s);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+
+    let http = reqwest::Client::new();
+    let answers: Vec<(usize, Answer)> = futures::stream::iter(plan)
+        .map(|(i, to)| {
+            let (http, url, body) = (&http, &urls[to], &w.orders[i]);
+            async move { (i, post_json(http, url, body).await) }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut ledger: Ledger = vec![Vec::new(); n];
+    for (i, a) in answers {
+        ledger[i].push(a);
+    }
+    let unavailable = ledger.iter().flatten().filter(|a| a.failed()).count();
+    let no_answer = ledger.iter().flatten().filter(|a| a.status == 599).count();
+    let redelivered = redeliver(&http, &urls, &w.orders, &mut ledger, 30).await;
+    sampler.abort();
+    let (ok, rejected, left) = settle(&ledger);
+    let report = check(&project, None, &w.initial).await;
+
+    let f = Figures {
+        orders: n,
+        deliveries: n * copies + redelivered,
+        duplicates: n * (copies - 1),
+        replayed: ledger.iter().flatten().filter(|a| a.replayed).count(),
+        faults: "none (duplicates and cross-instance contention)".into(),
+        unavailable,
+        redelivered,
+        fivexx_after: left,
+        violations: report.violations.len(),
+        peak_rss_mib: 0.0,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    f.print("duplicate-storm");
+    assert_eq!(no_answer, 0, "every delivery got an answer");
+    assert_eq!(left, 0, "no 5xx left after redelivery");
+    assert!(report.ok(), "{report}");
+    assert_eq!((report.orders, report.rejected), (ok, rejected));
+    assert!(rejected > 0, "the scarce items ran out");
+    assert!(*lowest.lock().unwrap() >= 0);
+}
+
+/// Scenario 2: the database stops answering (SIGSTOP) for longer than the request deadline
+/// in the middle of the load, then resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_stall_answers_503_in_time_and_recovers() {
+    let (n, items, clients, pause) = if long() {
+        (600, 10, 32, Duration::from_secs(10))
+    } else {
+        (150, 10, 16, Duration::from_secs(3))
+    };
+    let deadline = Duration::from_millis(1000);
+    let started = Instant::now();
+    let emu = OwnEmulator::start().await;
+    let project = project();
+    let deadline_ms = deadline.as_millis().to_string();
+    let log = Arc::new(LogCount::default());
+    let inst = Instance::start(
+        free_port(),
+        &project,
+        &emu.host,
+        &[
+            ("ONCE_REQUEST_TIMEOUT_MS", &deadline_ms),
+            ("ONCE_FIRESTORE_TIMEOUT_MS", "500"),
+        ],
+        log.clone(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let rest = rest_root(&emu.host, &project);
+    let w = workload("stall", n, items, 2);
+    seed(&http, &rest, &w.initial).await;
+    let url = format!("{}/orders", inst.url);
+
+    // The controller pauses the emulator once a third of the orders are answered.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let window: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
+    let rss_before = Arc::new(Mutex::new(0.0));
+    let controller = {
+        let (answered, window, pgid, pid) = (
+            answered.clone(),
+            window.clone(),
+            emu.pgid.clone(),
+            inst.pid(),
+        );
+        let rss_before = rss_before.clone();
+        tokio::spawn(async move {
+            while answered.load(Ordering::Relaxed) < n / 3 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            *rss_before.lock().unwrap() = memory_mib(pid).1;
+            signal_group(&pgid, "-STOP");
+            let stopped = Instant::now();
+            tokio::time::sleep(pause).await;
+            signal_group(&pgid, "-CONT");
+            *window.lock().unwrap() = Some((stopped, Instant::now()));
+        })
+    };
+    let answers: Vec<(usize, Instant, Answer)> = futures::stream::iter(0..n)
+        .map(|i| {
+            let (http, url, body, answered) = (&http, &url, &w.orders[i], &answered);
+            async move {
+                // Keep the load going through the pause: a request per client at a time.
+                let sent = Instant::now();
+                let a = post_json(http, url, body).await;
+                answered.fetch_add(1, Ordering::Relaxed);
+                (i, sent, a)
+            }
+        })
+        .buffer_unordered(clients)
+        .collect()
+        .await;
+    controller.await.unwrap();
+    let (stopped, resumed) = window.lock().unwrap().expect("the pause happened");
+    let (peak, _) = memory_mib(inst.pid());
+    let rss_before = *rss_before.lock().unwrap();
+
+    // While paused: every answer is a 503 with Retry-After, none later than the deadline.
+    let slack = Duration::from_millis(1500);
+    let mut during = 0;
+    for (i, sent, a) in &answers {
+        assert!(
+            a.latency <= deadline + slack,
+            "order {i} answered after {:?}",
+            a.latency
+        );
+        if *sent >= stopped && *sent + a.latency <= resumed {
+            during += 1;
+            assert_eq!(a.status, 503, "order {i} during the pause: {:?}", a.body);
+            assert!(a.retry_after, "503 without Retry-After");
+        }
+    }
+    let mut ledger: Ledger = vec![Vec::new(); n];
+    for (i, _, a) in answers {
+        ledger[i].push(a);
+    }
+    let unavailable = ledger.iter().flatten().filter(|a| a.failed()).count();
+    let redelivered = redeliver(
+        &http,
+        std::slice::from_ref(&url),
+        &w.orders,
+        &mut ledger,
+        60,
+    )
+    .await;
+    let (ok, rejected, left) = settle(&ledger);
+    let report = check(&project, Some(&emu.host), &w.initial).await;
+
+    let f = Figures {
+        orders: n,
+        deliveries: n + redelivered,
+        duplicates: 0,
+        replayed: ledger.iter().flatten().filter(|a| a.replayed).count(),
+        faults: format!(
+            "SIGSTOP of the database for {} s ({during} requests sent and answered inside it)",
+            pause.as_secs()
+        ),
+        unavailable,
+        redelivered,
+        fivexx_after: left,
+        violations: report.violations.len(),
+        peak_rss_mib: peak,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    f.print("database-stall");
+    assert!(
+        during > 0,
+        "some requests were made while the database was paused"
+    );
+    assert!(
+        peak - rss_before < 64.0,
+        "memory grew from {rss_before:.1} MiB to a peak of {peak:.1} MiB during the pause"
+    );
+    assert_eq!(left, 0, "no 5xx left after redelivery");
+    assert!(report.ok(), "{report}");
+    assert_eq!((report.orders, report.rejected), (ok, rejected));
+}
+
+/// A reverse proxy in front of a service instance that can be killed: the push endpoint stays
+/// valid across restarts, and the proxy knows exactly how many pushes were in flight when
+/// the instance died (their forwarding fails; they are answered 502 and Pub/Sub redelivers).
+#[derive(Clone)]
+struct FrontProxy {
+    target: Arc<Mutex<String>>,
+    in_flight: Arc<AtomicUsize>,
+    most_in_flight: Arc<AtomicUsize>,
+    cut: Arc<AtomicUsize>,
+    /// (subscription, message ID) of every push whose forwarding failed.
+    cut_ids: Arc<Mutex<BTreeSet<(String, String)>>>,
+    http: reqwest::Client,
+}
+
+impl FrontProxy {
+    async fn start(target: String) -> (Self, String) {
+        let p = FrontProxy {
+            target: Arc::new(Mutex::new(target)),
+            in_flight: Arc::default(),
+            most_in_flight: Arc::default(),
+            cut: Arc::default(),
+            cut_ids: Arc::default(),
+            http: reqwest::Client::new(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .fallback(Self::forward)
+            .with_state(p.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (p, url)
+    }
+
+    async fn forward(
+        axum::extract::State(p): axum::extract::State<FrontProxy>,
+        req: axum::extract::Request,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let now = p.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        p.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        let target = p.target.lock().unwrap().clone();
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, 4 << 20)
+            .await
+            .unwrap_or_default();
+        let envelope: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let r = p
+            .http
+            .post(format!("{target}{}", parts.uri.path()))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        let answer = match r {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let body = r.bytes().await.unwrap_or_default();
+                (axum::http::StatusCode::from_u16(status).unwrap(), body).into_response()
+            }
+            Err(_) => {
+                p.cut.fetch_add(1, Ordering::SeqCst);
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                p.cut_ids.lock().unwrap().insert((
+                    text(&envelope["subscription"]),
+                    text(&envelope["message"]["messageId"]),
+                ));
+                axum::http::StatusCode::BAD_GATEWAY.into_response()
+            }
+        };
+        p.in_flight.fetch_sub(1, Ordering::SeqCst);
+        answer
+    }
+}
+
+/// Scenario 3: a Pub/Sub push subscription delivers to the real binary, which is SIGKILLed
+/// with pushes in flight and restarted on the same port; Pub/Sub redelivers what was cut.
+///
+/// The instance reaches Firestore through a link that adds latency, so every transaction
+/// takes a few round trips of it and many pushes are in flight when the kill comes; some of
+/// them have committed without answering. Those are found afterwards: a message the restarted
+/// instance answered as a replay of its own earlier commit (the status document names the
+/// same message ID) was cut between commit and answer.
+///
+/// Transactions the killed instance left open keep their locks until Firestore expires them
+/// (60 s idle, on the emulator as in production), so orders on those items answer 503 until
+/// then and Pub/Sub redelivers them with back-off: recovery takes about a minute, by design
+/// of the database, and loses or repeats nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_instance_loses_and_repeats_nothing() {
+    let (n, items, settle_within) = if long() {
+        (1000, 20, Duration::from_secs(300))
+    } else {
+        (120, 8, Duration::from_secs(150))
+    };
+    let started = Instant::now();
+    let fs = emulator_host();
+    let ps = pubsub_host();
+    let slow = FaultProxy::start(fs.to_string()).await;
+    slow.set(Link::Slow(Duration::from_millis(10)));
+    let via = slow.url.trim_start_matches("http://").to_string();
+    let project = project();
+    let port = free_port();
+    let before = Arc::new(LogCount::default());
+    let mut inst = Instance::start(port, &project, &via, &[], before.clone()).await;
+    let (front, front_url) = FrontProxy::start(inst.url.clone()).await;
+    let http = reqwest::Client::new();
+    let rest = rest_root(fs, &project);
+    let w = workload("kill", n, items, 3);
+    seed(&http, &rest, &w.initial).await;
+
+    let base = format!("http://{ps}/v1/projects/{project}");
+    let put = |url: String, body: Value| {
+        let http = http.clone();
+        async move {
+            let r = http.put(url).json(&body).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        }
+    };
+    put(format!("{base}/topics/orders"), json!({})).await;
+    // Three push subscriptions on one topic: every message reaches the service three times,
+    // concurrently, as with several subscribers, and more pushes are in flight at any moment.
+    let subscriptions = 3;
+    for s in 0..subscriptions {
+        put(
+            format!("{base}/subscriptions/orders-push-{s}"),
+            json!({"topic": format!("projects/{project}/topics/orders"),
+                   "ackDeadlineSeconds": 10,
+                   "pushConfig": {"pushEndpoint": format!("{front_url}/orders")}}),
+        )
+        .await;
+    }
+    // Every order once; every fourth published twice more (new message IDs, same order).
+    let mut messages = Vec::new();
+    for (i, o) in w.orders.iter().enumerate() {
+        for _ in 0..if i % 4 == 0 { 3 } else { 1 } {
+            let data = base64::engine::general_purpose::STANDARD.encode(o.to_string());
+            messages.push(json!({"data": data}));
+        }
+    }
+    let published = messages.len();
+    let pushes = published * subscriptions;
+    for batch in messages.chunks(500) {
+        let r = http
+            .post(format!("{base}/topics/orders:publish"))
+            .json(&json!({"messages": batch}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    // Kill it a third of the way through, with pushes in flight; restart on the same port.
+    let wait_until = Instant::now() + Duration::from_secs(90);
+    while before.decisions.load(Ordering::Relaxed) < pushes / 3 {
+        assert!(Instant::now() < wait_until, "pushes did not arrive");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let in_flight = front.in_flight.load(Ordering::SeqCst);
+    inst.kill().await;
+    let killed_at = before.decisions.load(Ordering::Relaxed);
+    let after = Arc::new(LogCount::default());
+    let inst = Instance::start(port, &project, &via, &[], after.clone()).await;
+    let restarted = Instant::now();
+
+    // Settled when every order has its status document, and nothing moves for a while.
+    let deadline = Instant::now() + settle_within;
+    loop {
+        let done = ids(&http, &rest, "operations").await.len();
+        if done == n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {n} orders settled; {} deliveries seen after the restart",
+            after.decisions.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let recovery = restarted.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (peak, _) = memory_mib(inst.pid());
+    let report = check(&project, None, &w.initial).await;
+    let dead_letters = ids(&http, &rest, "dead_letters").await.len();
+    for s in 0..subscriptions {
+        let _ = http
+            .delete(format!("{base}/subscriptions/orders-push-{s}"))
+            .send()
+            .await;
+    }
+
+    // Pushes the killed instance committed but never answered: cut, yet their status
+    // document names them as the delivery that processed the order.
+    let committed_by = status_deliveries(&http, &rest).await;
+    let cut_after_commit = front
+        .cut_ids
+        .lock()
+        .unwrap()
+        .intersection(&committed_by)
+        .count();
+    let total = |f: fn(&LogCount) -> &AtomicUsize| {
+        f(&before).load(Ordering::Relaxed) + f(&after).load(Ordering::Relaxed)
+    };
+    let f = Figures {
+        orders: n,
+        deliveries: total(|l| &l.decisions),
+        duplicates: pushes - n,
+        replayed: total(|l| &l.replayed),
+        faults: format!(
+            "SIGKILL after {killed_at} answered deliveries with {in_flight} in flight \
+             ({} cut, {cut_after_commit} of them after their commit; at most {} in flight), \
+             restart on the same port; settled {recovery:.0} s after the restart",
+            front.cut.load(Ordering::SeqCst),
+            front.most_in_flight.load(Ordering::SeqCst),
+        ),
+        unavailable: total(|l| &l.failed),
+        redelivered: 0,
+        fivexx_after: 0,
+        violations: report.violations.len(),
+        peak_rss_mib: peak,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    f.print("killed-instance");
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.processed + report.rejected, n);
+    assert_eq!(dead_letters, 0);
+}
+
+/// (subscription, message ID) of the delivery that committed each status document.
+async fn status_deliveries(http: &reqwest::Client, rest: &str) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut q = vec![
+            ("pageSize".to_string(), "500".to_string()),
+            ("mask.fieldPaths".to_string(), "delivery".to_string()),
+        ];
+        if let Some(t) = &token {
+            q.push(("pageToken".into(), t.clone()));
+        }
+        let v: Value = http
+            .get(format!("{rest}/operations"))
+            .query(&q)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for d in v["documents"].as_array().into_iter().flatten() {
+            let f = &d["fields"]["delivery"]["mapValue"]["fields"];
+            let sub = &f["attrs"]["mapValue"]["fields"]["subscription"]["stringValue"];
+            if let (Some(sub), Some(id)) = (sub.as_str(), f["id"]["stringValue"].as_str()) {
+                out.insert((sub.to_string(), id.to_string()));
+            }
+        }
+        match v["nextPageToken"].as_str() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => return out,
+        }
+    }
+}
+
+/// Scenario 4: far more concurrent clients than the instance takes, each with a large body.
+/// The excess is shed at once with 503 + Retry-After, nothing half-applied, memory bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_with_retry_after() {
+    let (clients, limit, pad_kib) = if long() {
+        (2000, 16, 512)
+    } else {
+        (300, 8, 512)
+    };
+    let started = Instant::now();
+    let project = project();
+    let fs = emulator_host();
+    let log = Arc::new(LogCount::default());
+    let limit_s = limit.to_string();
+    let inst = Instance::start(
+        free_port(),
+        &project,
+        fs,
+        &[("ONCE_MAX_IN_FLIGHT", &limit_s)],
+        log.clone(),
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let rest = rest_root(fs, &project);
+    let initial: StockMap = (0..20).map(|i| (format!("i-{i:02}"), 1_000_000)).collect();
+    seed(&http, &rest, &initial).await;
+    let url = format!("{}/orders", inst.url);
+    let (_, rss_before) = memory_mib(inst.pid());
+
+    // Each body carries `pad_kib` KiB of padding (ignored by the service), shared on the
+    // client side, so only the service could hold clients × padding in memory.
+    let padding = bytes::Bytes::from(vec![b'x'; pad_kib * 1024]);
+    let body = |k: usize| {
+        let head = format!(
+            r#"{{"order_id":"ov-{k}","item_id":"i-{:02}","quantity":1,"padding":""#,
+            k % 20
+        );
+        let parts: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+            Ok(bytes::Bytes::from(head)),
+            Ok(padding.clone()),
+            Ok(bytes::Bytes::from_static(b"\"}")),
+        ];
+        reqwest::Body::wrap_stream(futures::stream::iter(parts))
+    };
+    let flood = futures::future::join_all((0..clients).map(|k| post(&http, &url, body(k))));
+    let health = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        http.get(format!("{}/healthz", inst.url))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    };
+    let (first, health) = tokio::join!(flood, health);
+    let (peak, _) = memory_mib(inst.pid());
+
+    // Shed: answered 503, or (a body larger than what is drained) cut before the answer.
+    let shed: Vec<usize> = (0..clients).filter(|&k| first[k].status != 200).collect();
+    let cut = shed.iter().filter(|&&k| first[k].status == 599).count();
+    for k in &shed {
+        let a = &first[*k];
+        assert!(
+            a.status == 503 || a.status == 599,
+            "client {k}: {} {:?}",
+            a.status,
+            a.body
+        );
+        if a.status == 503 {
+            assert!(a.retry_after, "503 without Retry-After");
+            assert!(
+                String::from_utf8_lossy(&a.body).contains("in flight"),
+                "{:?}",
+                a.body
+            );
+        }
+    }
+    // Nothing half-applied: a shed order has no status document and no order document.
+    let ops = ids(&http, &rest, "operations").await;
+    let orders = ids(&http, &rest, "orders").await;
+    for (k, answer) in first.iter().enumerate() {
+        let id = op_id("order", &format!("ov-{k}"));
+        let applied = answer.status == 200;
+        assert_eq!(ops.contains(&id), applied, "client {k}: status document");
+        assert_eq!(orders.contains(&id), applied, "client {k}: order document");
+    }
+
+    // Every shed client retries on its own after Retry-After (with jitter), like a platform.
+    let retries = AtomicUsize::new(0);
+    let finals = futures::future::join_all(shed.iter().map(|&k| {
+        let (http, url, retries, body) = (&http, &url, &retries, &body);
+        async move {
+            let mut rng = fastrand::Rng::with_seed(k as u64);
+            for _ in 0..60 {
+                tokio::time::sleep(Duration::from_millis(1000 + rng.u64(0..1000))).await;
+                retries.fetch_add(1, Ordering::Relaxed);
+                let a = post(http, url, body(k)).await;
+                if a.status < 500 {
+                    return a.status;
+                }
+            }
+            503
+        }
+    }))
+    .await;
+    let left = finals.iter().filter(|s| **s >= 500).count();
+    let report = check(&project, None, &initial).await;
+
+    let f = Figures {
+        orders: clients,
+        deliveries: clients + retries.load(Ordering::Relaxed),
+        duplicates: 0,
+        replayed: log.replayed.load(Ordering::Relaxed),
+        faults: format!(
+            "{clients} clients at once with {pad_kib} KiB bodies against ONCE_MAX_IN_FLIGHT={limit} \
+             ({cut} shed connections closed before the answer)"
+        ),
+        unavailable: shed.len(),
+        redelivered: retries.load(Ordering::Relaxed),
+        fivexx_after: left,
+        violations: report.violations.len(),
+        peak_rss_mib: peak,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    f.print("overload");
+    assert_eq!(
+        health.ok(),
+        Some(200),
+        "/healthz answers while the instance is full"
+    );
+    assert!(shed.len() > cut, "the excess was shed with 503");
+    assert_eq!(left, 0, "every shed order went through on retry");
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.orders, clients);
+    // Unbounded, the bodies alone would be clients × padding; bounded, limit × padding plus
+    // what draining the shed ones costs (64 KiB each at most).
+    let unbounded = (clients * pad_kib) as f64 / 1024.0;
+    assert!(
+        peak - rss_before < (unbounded / 2.0).min(256.0),
+        "peak {peak:.1} MiB from {rss_before:.1} MiB; unbounded would be {unbounded:.0} MiB more"
+    );
+}
+
+#[test]
+fn workloads_are_deterministic_and_can_run_out() {
+    let a = workload("w", 100, 10, 5);
+    let b = workload("w", 100, 10, 5);
+    assert_eq!(a.orders, b.orders);
+    let scarce: i64 = a.initial.values().filter(|s| **s < 1000).sum();
+    assert_eq!(scarce, 50);
+}
