@@ -47,7 +47,8 @@ struct Figures {
     redelivered: usize,
     fivexx_after: usize,
     violations: usize,
-    peak_rss_mib: f64,
+    /// Peak resident memory of the service process; `None` when it runs inside the test.
+    peak_rss_mib: Option<f64>,
     seconds: f64,
 }
 
@@ -56,7 +57,7 @@ impl Figures {
         println!(
             "reliability: scenario={scenario} size={} orders={} deliveries={} duplicates={} \
              replayed={} faults=\"{}\" answered_503={} redelivered={} 5xx_after_redelivery={} \
-             invariant_violations={} peak_rss_mib={:.1} seconds={:.1}",
+             invariant_violations={} peak_rss_mib={} seconds={:.1}",
             size_name(),
             self.orders,
             self.deliveries,
@@ -67,7 +68,8 @@ impl Figures {
             self.redelivered,
             self.fivexx_after,
             self.violations,
-            self.peak_rss_mib,
+            self.peak_rss_mib
+                .map_or("n/a".to_string(), |m| format!("{m:.1}")),
             self.seconds
         );
     }
@@ -228,11 +230,32 @@ async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Answer {
     post(http, url, reqwest::Body::from(body.to_string())).await
 }
 
-/// Every answer each order got, in order.
-type Ledger = Vec<Vec<Answer>>;
+/// One delivery of an order and the answers it got: the first, then one per redelivery.
+struct Delivery {
+    order: usize,
+    answers: Vec<Answer>,
+}
 
-/// Redeliver every order whose last answer was a 5xx, honouring `Retry-After` (1 s), until
-/// none is left or `rounds` are spent. Returns how many redeliveries were sent.
+/// Every delivery of a run.
+type Ledger = Vec<Delivery>;
+
+fn ledger(answers: impl IntoIterator<Item = (usize, Answer)>) -> Ledger {
+    answers
+        .into_iter()
+        .map(|(order, a)| Delivery {
+            order,
+            answers: vec![a],
+        })
+        .collect()
+}
+
+fn all_answers(ledger: &Ledger) -> impl Iterator<Item = &Answer> {
+    ledger.iter().flat_map(|d| &d.answers)
+}
+
+/// Redeliver every delivery whose last answer was a 5xx (or none), as its sender would,
+/// honouring `Retry-After` (1 s), until none is left or `rounds` are spent. Returns how many
+/// redeliveries were sent.
 async fn redeliver(
     http: &reqwest::Client,
     urls: &[String],
@@ -242,8 +265,8 @@ async fn redeliver(
 ) -> usize {
     let mut sent = 0;
     for round in 0..rounds {
-        let todo: Vec<usize> = (0..orders.len())
-            .filter(|&i| ledger[i].last().is_some_and(Answer::failed))
+        let todo: Vec<usize> = (0..ledger.len())
+            .filter(|&d| ledger[d].answers.last().is_some_and(Answer::failed))
             .collect();
         if todo.is_empty() {
             break;
@@ -251,33 +274,39 @@ async fn redeliver(
         tokio::time::sleep(Duration::from_secs(1)).await;
         sent += todo.len();
         let answers: Vec<(usize, Answer)> = futures::stream::iter(todo)
-            .map(|i| {
-                let url = &urls[(i + round) % urls.len()];
-                async move { (i, post_json(http, url, &orders[i]).await) }
+            .map(|d| {
+                let url = &urls[(d + round) % urls.len()];
+                let order = &orders[ledger[d].order];
+                async move { (d, post_json(http, url, order).await) }
             })
             .buffer_unordered(16)
             .collect()
             .await;
-        for (i, a) in answers {
-            ledger[i].push(a);
+        for (d, a) in answers {
+            ledger[d].answers.push(a);
         }
     }
     sent
 }
 
-/// What the answers say, checked against each other: after redelivery no order is left on a
-/// 5xx, every final answer of one order is the same bytes, and at most one was fresh.
-/// Returns (orders answered 200, orders answered 409, 5xx left).
-fn settle(ledger: &Ledger) -> (usize, usize, usize) {
-    let (mut ok, mut rejected, mut left) = (0, 0, 0);
-    for (i, answers) in ledger.iter().enumerate() {
-        if answers.last().is_none_or(Answer::failed) {
-            left += 1;
+/// What the answers say, checked against each other: every answer that is not a 5xx of one
+/// order is the same bytes, and at most one was fresh (not a replay).
+/// Returns (orders answered 200, orders answered 409, deliveries still on a 5xx).
+fn settle(ledger: &Ledger, orders: usize) -> (usize, usize, usize) {
+    let left = ledger
+        .iter()
+        .filter(|d| d.answers.last().is_none_or(Answer::failed))
+        .count();
+    let mut by_order: Vec<Vec<&Answer>> = vec![Vec::new(); orders];
+    for d in ledger {
+        by_order[d.order].extend(d.answers.iter().filter(|a| !a.failed()));
+    }
+    let (mut ok, mut rejected) = (0, 0);
+    for (i, good) in by_order.iter().enumerate() {
+        let Some(first) = good.first() else {
             continue;
-        }
-        let good: Vec<&Answer> = answers.iter().filter(|a| !a.failed()).collect();
-        let first = good[0];
-        for a in &good {
+        };
+        for a in good {
             assert_eq!(
                 (a.status, &a.body),
                 (first.status, &first.body),
@@ -517,28 +546,25 @@ async fn duplicate_storm_applies_each_order_once() {
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    let mut ledger: Ledger = vec![Vec::new(); n];
-    for (i, a) in answers {
-        ledger[i].push(a);
-    }
-    let unavailable = ledger.iter().flatten().filter(|a| a.failed()).count();
-    let no_answer = ledger.iter().flatten().filter(|a| a.status == 599).count();
+    let mut ledger = ledger(answers);
+    let unavailable = all_answers(&ledger).filter(|a| a.failed()).count();
+    let no_answer = all_answers(&ledger).filter(|a| a.status == 599).count();
     let redelivered = redeliver(&http, &urls, &w.orders, &mut ledger, 30).await;
     sampler.abort();
-    let (ok, rejected, left) = settle(&ledger);
+    let (ok, rejected, left) = settle(&ledger, n);
     let report = check(&project, None, &w.initial).await;
 
     let f = Figures {
         orders: n,
         deliveries: n * copies + redelivered,
         duplicates: n * (copies - 1),
-        replayed: ledger.iter().flatten().filter(|a| a.replayed).count(),
+        replayed: all_answers(&ledger).filter(|a| a.replayed).count(),
         faults: "none (duplicates and cross-instance contention)".into(),
         unavailable,
         redelivered,
         fivexx_after: left,
         violations: report.violations.len(),
-        peak_rss_mib: 0.0,
+        peak_rss_mib: None,
         seconds: started.elapsed().as_secs_f64(),
     };
     f.print("duplicate-storm");
@@ -640,11 +666,8 @@ async fn database_stall_answers_503_in_time_and_recovers() {
             assert!(a.retry_after, "503 without Retry-After");
         }
     }
-    let mut ledger: Ledger = vec![Vec::new(); n];
-    for (i, _, a) in answers {
-        ledger[i].push(a);
-    }
-    let unavailable = ledger.iter().flatten().filter(|a| a.failed()).count();
+    let mut ledger = ledger(answers.into_iter().map(|(i, _, a)| (i, a)));
+    let unavailable = all_answers(&ledger).filter(|a| a.failed()).count();
     let redelivered = redeliver(
         &http,
         std::slice::from_ref(&url),
@@ -653,14 +676,14 @@ async fn database_stall_answers_503_in_time_and_recovers() {
         60,
     )
     .await;
-    let (ok, rejected, left) = settle(&ledger);
+    let (ok, rejected, left) = settle(&ledger, n);
     let report = check(&project, Some(&emu.host), &w.initial).await;
 
     let f = Figures {
         orders: n,
         deliveries: n + redelivered,
         duplicates: 0,
-        replayed: ledger.iter().flatten().filter(|a| a.replayed).count(),
+        replayed: all_answers(&ledger).filter(|a| a.replayed).count(),
         faults: format!(
             "SIGSTOP of the database for {} s ({during} requests sent and answered inside it)",
             pause.as_secs()
@@ -669,7 +692,7 @@ async fn database_stall_answers_503_in_time_and_recovers() {
         redelivered,
         fivexx_after: left,
         violations: report.violations.len(),
-        peak_rss_mib: peak,
+        peak_rss_mib: Some(peak),
         seconds: started.elapsed().as_secs_f64(),
     };
     f.print("database-stall");
@@ -694,9 +717,12 @@ struct FrontProxy {
     target: Arc<Mutex<String>>,
     in_flight: Arc<AtomicUsize>,
     most_in_flight: Arc<AtomicUsize>,
+    /// Pushes whose forwarding failed (the instance died under them, or was down).
     cut: Arc<AtomicUsize>,
-    /// (subscription, message ID) of every push whose forwarding failed.
-    cut_ids: Arc<Mutex<BTreeSet<(String, String)>>>,
+    /// Bumped when the instance is killed; a push remembers the epoch it started in.
+    epoch: Arc<AtomicUsize>,
+    /// (subscription, message ID) of the pushes in flight when the instance was killed.
+    cut_in_flight: Arc<Mutex<BTreeSet<(String, String)>>>,
     http: reqwest::Client,
 }
 
@@ -707,7 +733,8 @@ impl FrontProxy {
             in_flight: Arc::default(),
             most_in_flight: Arc::default(),
             cut: Arc::default(),
-            cut_ids: Arc::default(),
+            epoch: Arc::default(),
+            cut_in_flight: Arc::default(),
             http: reqwest::Client::new(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -724,6 +751,7 @@ impl FrontProxy {
         req: axum::extract::Request,
     ) -> axum::response::Response {
         use axum::response::IntoResponse;
+        let started_in = p.epoch.load(Ordering::SeqCst);
         let now = p.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         p.most_in_flight.fetch_max(now, Ordering::SeqCst);
         let target = p.target.lock().unwrap().clone();
@@ -747,11 +775,13 @@ impl FrontProxy {
             }
             Err(_) => {
                 p.cut.fetch_add(1, Ordering::SeqCst);
-                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-                p.cut_ids.lock().unwrap().insert((
-                    text(&envelope["subscription"]),
-                    text(&envelope["message"]["messageId"]),
-                ));
+                if started_in == 0 {
+                    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                    p.cut_in_flight.lock().unwrap().insert((
+                        text(&envelope["subscription"]),
+                        text(&envelope["message"]["messageId"]),
+                    ));
+                }
                 axum::http::StatusCode::BAD_GATEWAY.into_response()
             }
         };
@@ -839,11 +869,13 @@ async fn killed_instance_loses_and_repeats_nothing() {
 
     // Kill it a third of the way through, with pushes in flight; restart on the same port.
     let wait_until = Instant::now() + Duration::from_secs(90);
-    while before.decisions.load(Ordering::Relaxed) < pushes / 3 {
+    while before.decisions.load(Ordering::Relaxed) < pushes / 3
+        || front.in_flight.load(Ordering::SeqCst) == 0
+    {
         assert!(Instant::now() < wait_until, "pushes did not arrive");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let in_flight = front.in_flight.load(Ordering::SeqCst);
+    front.epoch.store(1, Ordering::SeqCst);
     inst.kill().await;
     let killed_at = before.decisions.load(Ordering::Relaxed);
     let after = Arc::new(LogCount::default());
@@ -876,15 +908,12 @@ async fn killed_instance_loses_and_repeats_nothing() {
             .await;
     }
 
-    // Pushes the killed instance committed but never answered: cut, yet their status
-    // document names them as the delivery that processed the order.
+    // Pushes in flight at the kill that had committed: their status document names them as
+    // the delivery that processed the order, yet they never got an answer.
     let committed_by = status_deliveries(&http, &rest).await;
-    let cut_after_commit = front
-        .cut_ids
-        .lock()
-        .unwrap()
-        .intersection(&committed_by)
-        .count();
+    let cut_in_flight = front.cut_in_flight.lock().unwrap().clone();
+    let cut_after_commit = cut_in_flight.intersection(&committed_by).count();
+    let refused = front.cut.load(Ordering::SeqCst) - cut_in_flight.len();
     let total = |f: fn(&LogCount) -> &AtomicUsize| {
         f(&before).load(Ordering::Relaxed) + f(&after).load(Ordering::Relaxed)
     };
@@ -894,23 +923,28 @@ async fn killed_instance_loses_and_repeats_nothing() {
         duplicates: pushes - n,
         replayed: total(|l| &l.replayed),
         faults: format!(
-            "SIGKILL after {killed_at} answered deliveries with {in_flight} in flight \
-             ({} cut, {cut_after_commit} of them after their commit; at most {} in flight), \
-             restart on the same port; settled {recovery:.0} s after the restart",
-            front.cut.load(Ordering::SeqCst),
+            "SIGKILL after {killed_at} answered deliveries, {} pushes in flight cut \
+             ({cut_after_commit} of them after their commit), {refused} pushes refused while \
+             down, restart on the same port; settled {recovery:.0} s after the restart \
+             (at most {} pushes in flight)",
+            cut_in_flight.len(),
             front.most_in_flight.load(Ordering::SeqCst),
         ),
         unavailable: total(|l| &l.failed),
-        redelivered: 0,
+        // Every push attempt was answered (a decision line) or cut (seen by the front proxy);
+        // attempts beyond the pushes are Pub/Sub's redeliveries.
+        redelivered: (total(|l| &l.decisions) + front.cut.load(Ordering::SeqCst))
+            .saturating_sub(pushes),
         fivexx_after: 0,
         violations: report.violations.len(),
-        peak_rss_mib: peak,
+        peak_rss_mib: Some(peak),
         seconds: started.elapsed().as_secs_f64(),
     };
     f.print("killed-instance");
     assert!(report.ok(), "{report}");
     assert_eq!(report.processed + report.rejected, n);
     assert_eq!(dead_letters, 0);
+    assert!(!cut_in_flight.is_empty(), "the kill cut pushes in flight");
 }
 
 /// (subscription, message ID) of the delivery that committed each status document.
@@ -1070,7 +1104,7 @@ async fn overload_is_shed_with_retry_after() {
         redelivered: retries.load(Ordering::Relaxed),
         fivexx_after: left,
         violations: report.violations.len(),
-        peak_rss_mib: peak,
+        peak_rss_mib: Some(peak),
         seconds: started.elapsed().as_secs_f64(),
     };
     f.print("overload");
