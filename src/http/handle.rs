@@ -42,7 +42,7 @@ impl Target {
 
 /// How a request ended, before it becomes HTTP.
 enum Answer {
-    Outcome(Outcome),
+    Outcome(Box<Outcome>),
     Steps {
         fulfil: Fulfil,
         reports: Vec<StepReport>,
@@ -227,6 +227,7 @@ async fn serve(st: AppState, req: Request, target: Target) -> Response {
                     delivery_source = %log.meta.source,
                     delivery_id = log.meta.id.as_deref().unwrap_or(""),
                     delivery_attempt = log.meta.attempt,
+                    delivery_attrs = ?log.meta.attrs,
                     latency_ms = started.elapsed().as_secs_f64() * 1000.0,
                     error,
                     "decision"
@@ -332,7 +333,7 @@ async fn process(
         return deadline("injected fault before processing".into());
     }
     match tokio::time::timeout(cfg.request_timeout, st.guard.run(op, d.meta.clone())).await {
-        Ok(Ok(o)) => Answer::Outcome(o),
+        Ok(Ok(o)) => Answer::Outcome(Box::new(o)),
         Ok(Err(e)) => guard_error(st, target, &d.meta, headers, &bytes, d.mode, e).await,
         Err(_) => deadline(format!(
             "request deadline of {} ms passed",
