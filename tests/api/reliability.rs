@@ -808,7 +808,7 @@ async fn killed_instance_loses_and_repeats_nothing() {
     let (n, items, settle_within) = if long() {
         (1000, 20, Duration::from_secs(300))
     } else {
-        (120, 8, Duration::from_secs(150))
+        (120, 8, Duration::from_secs(240))
     };
     let started = Instant::now();
     let fs = emulator_host();
@@ -987,9 +987,9 @@ async fn status_deliveries(http: &reqwest::Client, rest: &str) -> BTreeSet<(Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_shed_with_retry_after() {
     let (clients, limit, pad_kib) = if long() {
-        (2000, 16, 512)
+        (2000, 16, 960)
     } else {
-        (300, 8, 512)
+        (300, 8, 960)
     };
     let started = Instant::now();
     let project = project();
