@@ -104,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
             max_attempts: 5,
             call_timeout: std::time::Duration::from_secs(3),
             batch_max: 16,
+            replay_cache_bytes: 4 * 1024 * 1024,
         },
     );
     let award = Arc::new(AwardPoints {

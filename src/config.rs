@@ -61,6 +61,12 @@ pub struct Config {
     pub max_attempts: u32,
     /// `ONCE_BATCH_MAX`: most operations folded into one transaction (group commit).
     pub batch_max: usize,
+    /// `ONCE_WORKER_THREADS`: runtime threads; 1 (default) runs everything on one thread,
+    /// which costs the least CPU per order, 0 means one per core.
+    pub worker_threads: usize,
+    /// `ONCE_REPLAY_CACHE_BYTES`: memory for completed outcomes kept in-process, so replays
+    /// skip Firestore; 0 turns the cache off.
+    pub replay_cache_bytes: u64,
     /// `ONCE_MAX_BODY_BYTES`: request bodies over this are refused with 413.
     pub max_body_bytes: usize,
     /// `ONCE_RETRY_AFTER_SECS`: the `Retry-After` sent with a 503.
@@ -92,6 +98,8 @@ impl Default for Config {
             firestore_timeout: Duration::from_secs(3),
             max_attempts: 5,
             batch_max: 16,
+            worker_threads: 1,
+            replay_cache_bytes: 4 * 1024 * 1024,
             max_body_bytes: 1024 * 1024,
             retry_after_secs: 1,
             max_in_flight: 200,
@@ -172,6 +180,16 @@ impl Config {
             )?
             .max(1),
             batch_max: parse("ONCE_BATCH_MAX", get("ONCE_BATCH_MAX"), d.batch_max)?.clamp(1, 100),
+            worker_threads: parse(
+                "ONCE_WORKER_THREADS",
+                get("ONCE_WORKER_THREADS"),
+                d.worker_threads,
+            )?,
+            replay_cache_bytes: parse(
+                "ONCE_REPLAY_CACHE_BYTES",
+                get("ONCE_REPLAY_CACHE_BYTES"),
+                d.replay_cache_bytes,
+            )?,
             max_body_bytes: parse(
                 "ONCE_MAX_BODY_BYTES",
                 get("ONCE_MAX_BODY_BYTES"),

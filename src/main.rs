@@ -8,15 +8,30 @@ use firestore_once::guard::{Guard, GuardConfig};
 use firestore_once::{app, telemetry, AppState};
 use std::future::IntoFuture;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     telemetry::init(config.log_format);
-    if let Err(e) = run(config).await {
-        tracing::error!(error = format!("{e:#}"), "start-up failed");
-        return Err(e);
-    }
-    Ok(())
+    // One thread by default: the work is waiting on Firestore, and one thread saves the
+    // cross-thread wake-ups that cost more CPU per order than the work itself (see README).
+    let rt = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
+    rt.block_on(async {
+        if let Err(e) = run(config).await {
+            tracing::error!(error = format!("{e:#}"), "start-up failed");
+            return Err(e);
+        }
+        Ok(())
+    })
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -36,6 +51,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             max_attempts: config.max_attempts,
             call_timeout: config.firestore_timeout,
             batch_max: config.batch_max,
+            replay_cache_bytes: config.replay_cache_bytes,
         },
     );
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port))

@@ -76,6 +76,7 @@ pub async fn guard_for(project: &str, config: &Config, api_url: Option<String>) 
             max_attempts: config.max_attempts,
             call_timeout: config.firestore_timeout,
             batch_max: config.batch_max,
+            replay_cache_bytes: config.replay_cache_bytes,
         },
     )
 }

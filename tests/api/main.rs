@@ -1,5 +1,6 @@
 //! Integration tests against the real Firestore emulator (one per binary, a project per test).
 
+mod batching;
 mod concurrency;
 mod deliveries;
 mod deploy;

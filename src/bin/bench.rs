@@ -1,0 +1,1160 @@
+//! `bench`: the service against the raw-transaction ceiling, side by side in one run.
+//!
+//! Starts its own Firestore emulator and, per scenario, a fresh release build of the service
+//! (`firestore-once`, found next to this binary) on a fresh project, loads items through the
+//! emulator's REST API, and drives HTTP load with a bounded number of keep-alive clients. The
+//! **baseline** is the same logical transaction issued straight through the `firestore` crate
+//! in this process (`run_transaction`: read `operations/{id}` and the items, write both), on
+//! the same emulator with the same client counts. Prints a Markdown table plus the target
+//! ratios.
+//!
+//! ```sh
+//! cargo build --release --bins && target/release/bench            # the full table (~3 min)
+//! cargo build --release --bins && target/release/bench --smoke    # CI: a few seconds
+//! ```
+//!
+//! Options: `--secs N` (measured seconds per run, default 5), `--smoke`, `--out FILE` (also
+//! write the table there). `FIRESTORE_EMULATOR_HOST` reuses a running emulator.
+//!
+//! The service's CPU per order is utime+stime from `/proc/<pid>/stat` over the measured phase
+//! divided by the orders answered; its peak RSS is `VmHWM` from `/proc/<pid>/status`. For the
+//! baseline rows the CPU column is this process's own CPU (the in-process client's cost).
+
+use anyhow::{anyhow, bail, Context, Result};
+use firestore::{FirestoreDb, FirestoreDbOptions};
+use futures::FutureExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Stock given to every item: never runs out during a run.
+const PLENTY: i64 = 1_000_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// One line on one of 100 items, each client on its own items.
+    Spread,
+    /// One line on one of 100 items picked at random: concurrent orders collide.
+    SpreadRandom,
+    /// One line, always the same item.
+    Hot,
+    /// Orders already processed, sent again.
+    Replay,
+    /// Five lines on distinct items among 100 (each client on its own items when it has 5).
+    Multi,
+    /// Five lines on distinct items picked at random among 100: orders overlap.
+    MultiRandom,
+}
+
+#[derive(Clone, Debug)]
+struct Scenario {
+    id: &'static str,
+    title: &'static str,
+    shape: Shape,
+    clients: usize,
+    /// Extra environment for the service (e.g. the cache switched off).
+    env: Vec<(&'static str, &'static str)>,
+    /// Whether the baseline runs too (skipped for a service-only variant).
+    baseline: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Order {
+    order_id: String,
+    lines: Vec<(String, i64)>,
+}
+
+impl Order {
+    fn body(&self) -> Vec<u8> {
+        let v = if self.lines.len() == 1 {
+            json!({"order_id": self.order_id, "item_id": self.lines[0].0, "quantity": self.lines[0].1})
+        } else {
+            let items: Vec<Value> = self
+                .lines
+                .iter()
+                .map(|(i, q)| json!({"item_id": i, "quantity": q}))
+                .collect();
+            json!({"order_id": self.order_id, "items": items})
+        };
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+}
+
+/// What one request or transaction ended as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Ok,
+    Rejected,
+    Failed,
+}
+
+#[derive(Default, Debug, Clone)]
+struct Row {
+    scenario: String,
+    clients: usize,
+    runner: &'static str,
+    orders: usize,
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    failed: usize,
+    rejected: usize,
+    cpu_ms_per_order: Option<f64>,
+    peak_rss_mb: Option<f64>,
+    note: String,
+}
+
+struct Args {
+    /// Extra environment for every service process (`--service-env K=V`, for experiments).
+    service_env: Vec<(String, String)>,
+    /// Scenario IDs to run (all when empty).
+    only: Vec<String>,
+    secs: f64,
+    smoke: bool,
+    out: Option<PathBuf>,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args {
+        service_env: Vec::new(),
+        only: Vec::new(),
+        secs: 5.0,
+        smoke: false,
+        out: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--smoke" => a.smoke = true,
+            "--secs" => {
+                a.secs = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .context("--secs needs a number")?
+            }
+            "--only" => {
+                a.only = it
+                    .next()
+                    .context("--only needs scenario IDs, e.g. 1,3")?
+                    .split(',')
+                    .map(str::to_string)
+                    .collect()
+            }
+            "--service-env" => {
+                let kv = it.next().context("--service-env needs K=V")?;
+                let (k, v) = kv.split_once('=').context("--service-env needs K=V")?;
+                a.service_env.push((k.to_string(), v.to_string()));
+            }
+            "--out" => a.out = Some(it.next().context("--out needs a file")?.into()),
+            "-h" | "--help" => {
+                println!("usage: bench [--smoke] [--secs N] [--only 1,2,3,3b,4] [--service-env K=V]... [--out FILE]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    if a.smoke {
+        a.secs = a.secs.min(2.0);
+    }
+    Ok(a)
+}
+
+fn main() -> Result<()> {
+    let args = args()?;
+    let service_bin = service_binary()?;
+    let emulator = match std::env::var("FIRESTORE_EMULATOR_HOST") {
+        Ok(h) if !h.is_empty() => h,
+        _ => {
+            let h = start_emulator()?;
+            // Set before the runtime and any client exist; the service children inherit it too.
+            std::env::set_var("FIRESTORE_EMULATOR_HOST", &h);
+            h
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args, service_bin, emulator))
+}
+
+fn service_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the bench binary")?;
+    let bin = exe
+        .parent()
+        .context("the bench binary has no directory")?
+        .join("firestore-once");
+    if !bin.exists() {
+        bail!(
+            "the service binary {} is missing: build both with `cargo build --release --bins`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn start_emulator() -> Result<String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator/start");
+    eprintln!("starting the Firestore emulator ({script} firestore)…");
+    let out = Command::new(script)
+        .arg("firestore")
+        .env("EMULATOR_OWNER_PID", std::process::id().to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {script}"))?;
+    if !out.status.success() {
+        bail!("emulator/start failed (see above)");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB RAM")
+}
+
+fn scenarios(smoke: bool) -> Vec<Scenario> {
+    let s = |id, title, shape, clients| Scenario {
+        id,
+        title,
+        shape,
+        clients,
+        env: Vec::new(),
+        baseline: true,
+    };
+    if smoke {
+        return vec![s("1", "100 items, distinct orders", Shape::Spread, 8)];
+    }
+    vec![
+        s("1", "100 items, distinct orders", Shape::Spread, 1),
+        s("1", "100 items, distinct orders", Shape::Spread, 8),
+        s("1", "100 items, distinct orders", Shape::Spread, 16),
+        s("1", "100 items, distinct orders", Shape::Spread, 32),
+        s("1r", "100 items picked at random", Shape::SpreadRandom, 32),
+        s("2", "one hot item, distinct orders", Shape::Hot, 16),
+        s("3", "replays (all duplicates)", Shape::Replay, 32),
+        Scenario {
+            env: vec![("ONCE_REPLAY_CACHE_BYTES", "0")],
+            baseline: false,
+            ..s("3b", "replays, replay cache off", Shape::Replay, 32)
+        },
+        s("4", "5-line orders over 100 items", Shape::Multi, 16),
+        s(
+            "4r",
+            "5-line orders, items at random",
+            Shape::MultiRandom,
+            32,
+        ),
+    ]
+}
+
+async fn run(args: Args, service_bin: PathBuf, emulator: String) -> Result<()> {
+    tokio::spawn(stop_children_on_signal());
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let env = Env {
+        http: http.clone(),
+        emulator: emulator.clone(),
+        service_bin,
+        secs: args.secs,
+        service_env: args.service_env.clone(),
+        run_id: format!("b{:08x}", fastrand::u32(..)),
+    };
+    let machine = machine();
+    eprintln!("machine: {machine}; emulator at {emulator}");
+
+    let startup = env.startup_ms(if args.smoke { 3 } else { 7 }).await?;
+    eprintln!("start to first 200 on /healthz: median {startup:.1} ms");
+
+    if !args.smoke {
+        // The emulator is a JVM: let the JIT settle before anything is measured, so the first
+        // row is not also the slowest.
+        env.warm_up().await?;
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    let mut broken: Vec<String> = Vec::new();
+    let chosen = scenarios(args.smoke)
+        .into_iter()
+        .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.id));
+    for (n, sc) in chosen.enumerate() {
+        if sc.baseline {
+            let row = env.baseline(&sc, n).await?;
+            eprintln!("{}", row_line(&row));
+            rows.push(row);
+        }
+        let (row, invariant) = env.service(&sc, n).await?;
+        eprintln!("{}", row_line(&row));
+        if let Err(e) = invariant {
+            broken.push(format!("scenario {} ({} clients): {e}", sc.id, sc.clients));
+        }
+        rows.push(row);
+    }
+
+    let report = render(&machine, &args, startup, &rows);
+    println!("{report}");
+    if let Some(path) = &args.out {
+        std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let failed: usize = rows
+        .iter()
+        .filter(|r| r.runner == "service")
+        .map(|r| r.failed)
+        .sum();
+    if !broken.is_empty() {
+        bail!("invariants broken:\n  {}", broken.join("\n  "));
+    }
+    if args.smoke {
+        if failed > 0 {
+            bail!("smoke: {failed} service orders failed");
+        }
+        if rows.iter().any(|r| r.runner == "service" && r.orders == 0) {
+            bail!("smoke: the service answered no orders");
+        }
+        eprintln!("smoke: ok");
+    }
+    Ok(())
+}
+
+fn row_line(r: &Row) -> String {
+    format!(
+        "  {:<3} {:>2} clients  {:<8} {:>6} orders {:>8.0}/s  p50 {:>6.1} ms  p99 {:>6.1} ms  failed {:>4}  cpu {}  rss {}",
+        r.scenario,
+        r.clients,
+        r.runner,
+        r.orders,
+        r.per_sec,
+        r.p50_ms,
+        r.p99_ms,
+        r.failed,
+        r.cpu_ms_per_order.map_or("-".into(), |c| format!("{c:.3} ms/order")),
+        r.peak_rss_mb.map_or("-".into(), |m| format!("{m:.1} MB")),
+    )
+}
+
+struct Env {
+    http: reqwest::Client,
+    emulator: String,
+    service_bin: PathBuf,
+    secs: f64,
+    service_env: Vec<(String, String)>,
+    run_id: String,
+}
+
+/// A service child process, killed when dropped so no run leaks one.
+struct Service {
+    child: Child,
+    url: String,
+}
+
+/// Service processes alive now, so an interrupted bench can stop them (Drop does not run then).
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+impl Service {
+    fn new(child: Child, url: String) -> Self {
+        if let Ok(mut c) = CHILDREN.lock() {
+            c.push(child.id());
+        }
+        Self { child, url }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Ok(mut c) = CHILDREN.lock() {
+            c.retain(|p| *p != self.child.id());
+        }
+    }
+}
+
+/// On Ctrl-C or SIGTERM, stop the services this bench started, then exit.
+async fn stop_children_on_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let pids = CHILDREN.lock().map(|c| c.clone()).unwrap_or_default();
+    for pid in pids {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    eprintln!("interrupted; stopped the services this bench started");
+    std::process::exit(130);
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// utime + stime of `pid` in seconds.
+fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("unreadable /proc stat")?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat; `after` starts at field 3 (state).
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// Peak resident set (`VmHWM`) of `pid` in MB.
+fn peak_rss_mb(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .context("no VmHWM in /proc status")?;
+    Ok(kb / 1024.0)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i.min(sorted.len() - 1)]) / 1000.0
+}
+
+/// Where orders go: the service over HTTP or the raw transaction in-process.
+#[derive(Clone)]
+enum Target {
+    Http { http: reqwest::Client, url: String },
+    Raw { db: FirestoreDb },
+}
+
+struct Measured {
+    answers: Vec<(Answer, u32)>,
+    elapsed: Duration,
+    /// Quantities answered 200 for new orders, by order index, for the invariant.
+    processed_units: i64,
+}
+
+impl Target {
+    async fn send(&self, o: &Order) -> Answer {
+        match self {
+            Target::Http { http, url } => {
+                match http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(o.body())
+                    .send()
+                    .await
+                {
+                    Ok(r) => {
+                        let s = r.status().as_u16();
+                        // Drain the body so the connection is reused.
+                        let _ = r.bytes().await;
+                        match s {
+                            200 => Answer::Ok,
+                            409 => Answer::Rejected,
+                            _ => Answer::Failed,
+                        }
+                    }
+                    Err(_) => Answer::Failed,
+                }
+            }
+            Target::Raw { db } => match raw_transaction(db, o).await {
+                Ok(true) => Answer::Ok,
+                Ok(false) => Answer::Rejected,
+                Err(_) => Answer::Failed,
+            },
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RawStatus {
+    outcome: String,
+    body: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RawItem {
+    stock: i64,
+}
+
+/// The article's pattern, done with the `firestore` crate and nothing else: in one
+/// transaction read the status document and the items, and if the operation is new write the
+/// items' stock and the status document. `Ok(true)` processed or replayed, `Ok(false)` rejected.
+async fn raw_transaction(
+    db: &FirestoreDb,
+    o: &Order,
+) -> Result<bool, firestore::errors::FirestoreError> {
+    let op_id = firestore_once::guard::key::hashed_id("order", &o.order_id);
+    let lines = Arc::new(o.lines.clone());
+    db.run_transaction(|db, tx| {
+        let op_id = op_id.clone();
+        let lines = lines.clone();
+        async move {
+            let status = db
+                .fluent()
+                .select()
+                .by_id_in("operations")
+                .obj::<RawStatus>()
+                .one(&op_id);
+            let items = futures::future::try_join_all(lines.iter().map(|(id, _)| {
+                db.fluent()
+                    .select()
+                    .by_id_in("items")
+                    .obj::<RawItem>()
+                    .one(id.as_str())
+            }));
+            let (status, items) = futures::try_join!(status, items)?;
+            if let Some(s) = status {
+                return Ok(s.outcome == "processed");
+            }
+            let enough = items
+                .iter()
+                .zip(lines.iter())
+                .all(|(i, (_, q))| i.as_ref().is_some_and(|i| i.stock >= *q));
+            if enough {
+                for (item, (id, q)) in items.iter().zip(lines.iter()) {
+                    let stock = item.as_ref().map_or(0, |i| i.stock) - q;
+                    db.fluent()
+                        .update()
+                        .in_col("items")
+                        .document_id(id)
+                        .object(&RawItem { stock })
+                        .add_to_transaction(tx)?;
+                }
+            }
+            let outcome = if enough { "processed" } else { "rejected" };
+            db.fluent()
+                .update()
+                .in_col("operations")
+                .document_id(&op_id)
+                .object(&RawStatus {
+                    outcome: outcome.into(),
+                    body: format!("{{\"operation_id\":\"{op_id}\",\"outcome\":\"{outcome}\"}}"),
+                })
+                .add_to_transaction(tx)?;
+            Ok::<bool, firestore::errors::BackoffError<firestore::errors::FirestoreError>>(enough)
+        }
+        .boxed()
+    })
+    .await
+}
+
+fn item_ids() -> &'static [String] {
+    static IDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    IDS.get_or_init(|| (0..100).map(|i| format!("item-{i:03}")).collect())
+}
+
+/// Order `seq` of client `client` of `clients`. Items are partitioned between clients (client
+/// `c` uses items `c`, `c + clients`, …) so concurrent transactions never touch the same item:
+/// the baseline's ceiling is then the emulator's, not its 2 s lock waits. `SpreadRandom` picks
+/// from all items, as real traffic does.
+fn new_order(shape: Shape, prefix: &str, client: usize, clients: usize, seq: usize) -> Order {
+    let ids = item_ids();
+    let own: Vec<usize> = (client % ids.len()..ids.len())
+        .step_by(clients.max(1))
+        .collect();
+    let order_id = format!("{prefix}-{client}-{seq}");
+    let pick = |n: usize, from: &[usize]| -> Vec<(String, i64)> {
+        let mut picked: Vec<usize> = Vec::with_capacity(n);
+        while picked.len() < n {
+            let i = from[fastrand::usize(..from.len())];
+            if !picked.contains(&i) {
+                picked.push(i);
+            }
+        }
+        picked.into_iter().map(|i| (ids[i].clone(), 1)).collect()
+    };
+    let all: Vec<usize> = (0..ids.len()).collect();
+    let lines = match shape {
+        Shape::Hot => vec![("hot".to_string(), 1)],
+        Shape::Spread | Shape::Replay => pick(1, &own),
+        Shape::SpreadRandom => pick(1, &all),
+        Shape::Multi if own.len() >= 5 => pick(5, &own),
+        Shape::Multi | Shape::MultiRandom => pick(5, &all),
+    };
+    Order { order_id, lines }
+}
+
+impl Env {
+    fn rest(&self, project: &str) -> String {
+        format!(
+            "http://{}/v1/projects/{project}/databases/(default)/documents",
+            self.emulator
+        )
+    }
+
+    fn project(&self, n: usize, runner: &str) -> String {
+        format!("{}-{n}-{runner}", self.run_id)
+    }
+
+    /// Create the items in one commit through the emulator's REST API.
+    async fn seed(&self, project: &str, ids: &[String]) -> Result<()> {
+        let root = format!("projects/{project}/databases/(default)/documents");
+        let writes: Vec<Value> = ids
+            .iter()
+            .map(|id| {
+                json!({"update": {"name": format!("{root}/items/{id}"),
+                    "fields": {"stock": {"integerValue": PLENTY.to_string()}}}})
+            })
+            .collect();
+        let r = self
+            .http
+            .post(format!("{}:commit", self.rest(project)))
+            .json(&json!({ "writes": writes }))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("seeding items: {} {}", r.status(), r.text().await?);
+        }
+        Ok(())
+    }
+
+    /// Units taken from stock: initial total minus what the items hold now.
+    async fn units_taken(&self, project: &str, ids: &[String]) -> Result<i64> {
+        let v: Value = self
+            .http
+            .get(format!("{}/items", self.rest(project)))
+            .query(&[("pageSize", "1000")])
+            .send()
+            .await?
+            .json()
+            .await?;
+        let docs = v["documents"].as_array().cloned().unwrap_or_default();
+        if docs.len() != ids.len() {
+            bail!("{} items found, {} seeded", docs.len(), ids.len());
+        }
+        let mut left = 0i64;
+        for d in docs {
+            left += d["fields"]["stock"]["integerValue"]
+                .as_str()
+                .and_then(|s| s.parse::<i64>().ok())
+                .context("an item without an integer stock")?;
+        }
+        Ok(PLENTY * ids.len() as i64 - left)
+    }
+
+    async fn start_service(&self, project: &str, extra: &[(&str, &str)]) -> Result<Service> {
+        let port = free_port()?;
+        let mut cmd = Command::new(&self.service_bin);
+        cmd.env("FIRESTORE_EMULATOR_HOST", &self.emulator)
+            .env("GOOGLE_CLOUD_PROJECT", project)
+            .env("PORT", port.to_string())
+            .env("ONCE_LOG_FORMAT", "json")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in &self.service_env {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.service_bin.display()))?;
+        let svc = Service::new(child, format!("http://127.0.0.1:{port}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/healthz", svc.url)).send().await {
+                if r.status() == 200 {
+                    return Ok(svc);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the service did not answer /healthz within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Median time from spawning the service to its first `200` on `/healthz`, polled with a
+    /// bare socket every millisecond so the probe itself adds little.
+    async fn startup_ms(&self, runs: usize) -> Result<f64> {
+        let mut times = Vec::new();
+        for i in 0..runs {
+            let port = free_port()?;
+            let bin = self.service_bin.clone();
+            let emulator = self.emulator.clone();
+            let project = format!("{}-start-{i}", self.run_id);
+            let ms = tokio::task::spawn_blocking(move || -> Result<f64> {
+                let t0 = Instant::now();
+                let child = Command::new(&bin)
+                    .env("FIRESTORE_EMULATOR_HOST", emulator)
+                    .env("GOOGLE_CLOUD_PROJECT", project)
+                    .env("PORT", port.to_string())
+                    .env("ONCE_LOG_FORMAT", "json")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                let mut svc = Service::new(child, String::new());
+                loop {
+                    if healthz_ok(port) {
+                        return Ok(t0.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    if t0.elapsed() > Duration::from_secs(10) {
+                        bail!("no 200 on /healthz within 10 s");
+                    }
+                    if let Ok(Some(st)) = svc.child.try_wait() {
+                        bail!("the service exited during start-up: {st}");
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+            .await??;
+            times.push(ms);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+
+    /// Drive `clients` concurrent loops for the configured time. New orders unless `replay`
+    /// lists orders to send again (round robin).
+    async fn drive(
+        target: &Target,
+        shape: Shape,
+        clients: usize,
+        prefix: &str,
+        replay: Option<Arc<Vec<Order>>>,
+        duration: Duration,
+        max_per_client: usize,
+    ) -> Measured {
+        let start = Instant::now();
+        let deadline = start + duration;
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let target = target.clone();
+            let replay = replay.clone();
+            let next = next.clone();
+            let prefix = prefix.to_string();
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                let mut units = 0i64;
+                let mut seq = 0;
+                while Instant::now() < deadline && seq < max_per_client {
+                    let o = match &replay {
+                        Some(list) => {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            list[i % list.len()].clone()
+                        }
+                        None => new_order(shape, &prefix, c, clients, seq),
+                    };
+                    seq += 1;
+                    let t = Instant::now();
+                    let a = target.send(&o).await;
+                    let us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                    if a == Answer::Ok && replay.is_none() {
+                        units += o.lines.iter().map(|l| l.1).sum::<i64>();
+                    }
+                    out.push((a, us));
+                }
+                (out, units)
+            }));
+        }
+        let mut answers = Vec::new();
+        let mut processed_units = 0;
+        for t in tasks {
+            if let Ok((a, u)) = t.await {
+                answers.extend(a);
+                processed_units += u;
+            }
+        }
+        Measured {
+            answers,
+            elapsed: start.elapsed(),
+            processed_units,
+        }
+    }
+
+    fn items_for(shape: Shape) -> Vec<String> {
+        match shape {
+            Shape::Hot => vec!["hot".into()],
+            _ => item_ids().to_vec(),
+        }
+    }
+
+    /// Orders to replay: created first (not measured), then sent again in the measured phase.
+    async fn preload(&self, target: &Target, prefix: &str) -> Result<Arc<Vec<Order>>> {
+        let n = 2_000;
+        let per = n / 32;
+        // Clients take orders round robin, so consecutive orders use consecutive items: the
+        // 32 in flight at any moment touch 32 different items (no lock waits for the baseline).
+        let ids = item_ids();
+        let list: Vec<Order> = (0..n)
+            .map(|i| Order {
+                order_id: format!("{prefix}-r-{i}"),
+                lines: vec![(ids[i % ids.len()].clone(), 1)],
+            })
+            .collect();
+        let list = Arc::new(list);
+        let m = Self::drive(
+            target,
+            Shape::Replay,
+            32,
+            prefix,
+            Some(list.clone()),
+            Duration::from_secs(120),
+            per,
+        )
+        .await;
+        let bad = m.answers.iter().filter(|a| a.0 != Answer::Ok).count();
+        if bad > 0 {
+            bail!("preloading the orders to replay: {bad} of {n} failed");
+        }
+        Ok(list)
+    }
+
+    fn row(&self, sc: &Scenario, runner: &'static str, m: &Measured) -> Row {
+        let mut lat: Vec<u32> = m.answers.iter().map(|a| a.1).collect();
+        lat.sort_unstable();
+        let failed = m.answers.iter().filter(|a| a.0 == Answer::Failed).count();
+        let rejected = m.answers.iter().filter(|a| a.0 == Answer::Rejected).count();
+        Row {
+            scenario: sc.id.into(),
+            clients: sc.clients,
+            runner,
+            orders: m.answers.len(),
+            per_sec: m.answers.len() as f64 / m.elapsed.as_secs_f64().max(1e-9),
+            p50_ms: percentile(&lat, 0.50),
+            p99_ms: percentile(&lat, 0.99),
+            failed,
+            rejected,
+            ..Row::default()
+        }
+    }
+
+    /// Unmeasured load on a throw-away project: the raw transaction, then the service.
+    async fn warm_up(&self) -> Result<()> {
+        eprintln!("warming up the emulator…");
+        let sc = Scenario {
+            id: "warm-up",
+            title: "",
+            shape: Shape::Spread,
+            clients: 16,
+            env: Vec::new(),
+            baseline: true,
+        };
+        let secs = Duration::from_secs(4);
+        let project = format!("{}-warm", self.run_id);
+        self.seed(&project, item_ids()).await?;
+        let db = FirestoreDb::with_options(
+            FirestoreDbOptions::new(project.clone()).with_request_timeout(Duration::from_secs(10)),
+        )
+        .await
+        .map_err(|e| anyhow!("baseline client: {e}"))?;
+        let raw = Target::Raw { db };
+        Self::drive(
+            &raw,
+            sc.shape,
+            sc.clients,
+            "warm-raw",
+            None,
+            secs,
+            usize::MAX,
+        )
+        .await;
+        let svc = self.start_service(&project, &[]).await?;
+        let http = Target::Http {
+            http: self.http.clone(),
+            url: format!("{}/orders", svc.url),
+        };
+        Self::drive(
+            &http,
+            sc.shape,
+            sc.clients,
+            "warm-svc",
+            None,
+            secs,
+            usize::MAX,
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn baseline(&self, sc: &Scenario, n: usize) -> Result<Row> {
+        let project = self.project(n, "raw");
+        let ids = Self::items_for(sc.shape);
+        self.seed(&project, &ids).await?;
+        let db = FirestoreDb::with_options(
+            FirestoreDbOptions::new(project.clone()).with_request_timeout(Duration::from_secs(10)),
+        )
+        .await
+        .map_err(|e| anyhow!("baseline client: {e}"))?;
+        let target = Target::Raw { db };
+        let prefix = format!("raw{n}");
+        let replay = match sc.shape {
+            Shape::Replay => Some(self.preload(&target, &prefix).await?),
+            _ => None,
+        };
+        let cpu0 = cpu_secs(std::process::id())?;
+        let m = Self::drive(
+            &target,
+            sc.shape,
+            sc.clients,
+            &prefix,
+            replay,
+            Duration::from_secs_f64(self.secs),
+            usize::MAX,
+        )
+        .await;
+        let cpu = cpu_secs(std::process::id())? - cpu0;
+        let mut row = self.row(sc, "baseline", &m);
+        row.cpu_ms_per_order = Some(cpu * 1000.0 / row.orders.max(1) as f64);
+        if sc.shape != Shape::Replay {
+            let taken = self.units_taken(&project, &ids).await?;
+            if taken != m.processed_units {
+                row.note = format!("stock moved by {taken}, answers say {}", m.processed_units);
+            }
+        }
+        Ok(row)
+    }
+
+    async fn service(&self, sc: &Scenario, n: usize) -> Result<(Row, Result<(), String>)> {
+        let project = self.project(n, "svc");
+        let ids = Self::items_for(sc.shape);
+        self.seed(&project, &ids).await?;
+        let svc = self.start_service(&project, &sc.env).await?;
+        let pid = svc.child.id();
+        let target = Target::Http {
+            http: self.http.clone(),
+            url: format!("{}/orders", svc.url),
+        };
+        let prefix = format!("svc{n}");
+        let replay = match sc.shape {
+            Shape::Replay => Some(self.preload(&target, &prefix).await?),
+            _ => None,
+        };
+        let cpu0 = cpu_secs(pid)?;
+        let m = Self::drive(
+            &target,
+            sc.shape,
+            sc.clients,
+            &prefix,
+            replay.clone(),
+            Duration::from_secs_f64(self.secs),
+            usize::MAX,
+        )
+        .await;
+        let cpu = cpu_secs(pid)? - cpu0;
+        let rss = peak_rss_mb(pid)?;
+        drop(svc);
+        let mut row = self.row(sc, "service", &m);
+        row.cpu_ms_per_order = Some(cpu * 1000.0 / row.orders.max(1) as f64);
+        row.peak_rss_mb = Some(rss);
+        // Invariant: stock taken = units of the orders answered 200 (each exactly once); for
+        // replays, nothing moves beyond the preloaded orders.
+        let taken = self.units_taken(&project, &ids).await?;
+        let expected = match &replay {
+            Some(list) => list
+                .iter()
+                .map(|o| o.lines.iter().map(|l| l.1).sum::<i64>())
+                .sum(),
+            None => m.processed_units,
+        };
+        let unknown = m.answers.iter().any(|a| a.0 == Answer::Failed);
+        let mut invariant = if taken == expected || (unknown && taken > expected) {
+            Ok(())
+        } else {
+            Err(format!(
+                "initial stock - current stock = {taken}, but the answers account for {expected}"
+            ))
+        };
+        // And the project's own checker over every item, order and status document.
+        let initial: firestore_once::invariants::StockMap =
+            ids.iter().map(|id| (id.clone(), PLENTY)).collect();
+        let db = FirestoreDb::with_options(
+            FirestoreDbOptions::new(project.clone()).with_request_timeout(Duration::from_secs(30)),
+        )
+        .await
+        .map_err(|e| anyhow!("invariant checker client: {e}"))?;
+        let report = firestore_once::invariants::verify(
+            &db,
+            &firestore_once::config::Collections::default(),
+            &initial,
+        )
+        .await
+        .map_err(|e| anyhow!("reading the database for the invariant checker: {e}"))?;
+        if invariant.is_ok() && !report.ok() {
+            invariant = Err(format!("invariant checker: {report}"));
+        }
+        if let Err(e) = &invariant {
+            row.note = e.clone();
+        }
+        Ok((row, invariant))
+    }
+}
+
+fn healthz_ok(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf), Ok(n) if n >= 12 && &buf[9..12] == b"200")
+}
+
+fn find<'a>(rows: &'a [Row], id: &str, clients: usize, runner: &str) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.scenario == id && r.clients == clients && r.runner == runner)
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok {
+        "**met**"
+    } else {
+        "**not met**"
+    }
+}
+
+fn render(machine: &str, args: &Args, startup_ms: f64, rows: &[Row]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Machine: {machine}. Command: `target/release/bench{}` ({} s per run).\n",
+        if args.smoke { " --smoke" } else { "" },
+        args.secs
+    );
+    let _ = writeln!(
+        s,
+        "| scenario | clients | runner | orders | orders/s | p50 ms | p99 ms | failed/5xx | CPU ms/order | peak RSS MB |"
+    );
+    let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let title = scenarios(false)
+            .into_iter()
+            .find(|x| x.id == r.scenario)
+            .map_or("", |x| x.title);
+        let _ = writeln!(
+            s,
+            "| {} {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {} |",
+            r.scenario,
+            title,
+            r.clients,
+            r.runner,
+            r.orders,
+            r.per_sec,
+            r.p50_ms,
+            r.p99_ms,
+            match (r.rejected, r.note.is_empty()) {
+                (0, true) => r.failed.to_string(),
+                (0, false) => format!("{} ({})", r.failed, r.note),
+                (n, _) => format!("{} (+{n} rejected) {}", r.failed, r.note),
+            },
+            r.cpu_ms_per_order.map_or("-".into(), |c| format!("{c:.3}")),
+            r.peak_rss_mb.map_or("-".into(), |m| format!("{m:.1}")),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nStart to first 200 on /healthz (median): {startup_ms:.1} ms — target < 100 ms: {}",
+        mark(startup_ms < 100.0)
+    );
+    let svc = |id, c| find(rows, id, c, "service");
+    let raw = |id, c| find(rows, id, c, "baseline");
+    if let (Some(sv), Some(b)) = (svc("1", 32), raw("1", 32)) {
+        let t = sv.per_sec / b.per_sec.max(1e-9);
+        let p = sv.p99_ms / b.p99_ms.max(1e-9);
+        let _ = writeln!(s, "Scenario 1 @32: throughput {t:.2} × baseline (target ≥ 0.8: {}); p99 {p:.2} × baseline (target ≤ 1.5: {})", mark(t >= 0.8), mark(p <= 1.5));
+    }
+    if let (Some(h), Some(sp)) = (svc("2", 16), svc("1", 16)) {
+        let t = h.per_sec / sp.per_sec.max(1e-9);
+        let _ = writeln!(s, "Scenario 2 @16: hot item {t:.2} × the service's scenario 1 @16 (target ≥ 0.8: {}); failed {} (target 0: {}); p99 {:.1} ms (target < 250: {})", mark(t >= 0.8), h.failed, mark(h.failed == 0), h.p99_ms, mark(h.p99_ms < 250.0));
+        if let Some(b) = raw("2", 16) {
+            let _ = writeln!(
+                s,
+                "  (baseline on the hot item: {:.0} orders/s, {} of {} failed)",
+                b.per_sec, b.failed, b.orders
+            );
+        }
+    }
+    if let (Some(r), Some(sp)) = (svc("3", 32), svc("1", 32)) {
+        let t = r.per_sec / sp.per_sec.max(1e-9);
+        let _ = writeln!(
+            s,
+            "Scenario 3 @32: replays {t:.1} × scenario 1 @32 (target ≥ 6: {})",
+            mark(t >= 6.0)
+        );
+    }
+    if let Some(r) = svc("3b", 32) {
+        if let Some(sp) = svc("1", 32) {
+            let _ = writeln!(
+                s,
+                "  (replays with the cache off: {:.1} × scenario 1 @32)",
+                r.per_sec / sp.per_sec.max(1e-9)
+            );
+        }
+    }
+    let s1: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.scenario == "1" && r.runner == "service")
+        .collect();
+    for r in s1 {
+        let cpu = r.cpu_ms_per_order.unwrap_or(f64::NAN);
+        let _ = writeln!(
+            s,
+            "CPU per order, scenario 1 @{}: {cpu:.3} ms (target ≤ 0.25: {})",
+            r.clients,
+            mark(cpu <= 0.25)
+        );
+    }
+    if let Some(sv) = svc("1", 32) {
+        let rss = sv.peak_rss_mb.unwrap_or(0.0);
+        let _ = writeln!(
+            s,
+            "Peak RSS at 32 clients: {rss:.1} MB (target < 20: {})",
+            mark(rss < 20.0)
+        );
+    }
+    s
+}
