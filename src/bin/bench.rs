@@ -9,12 +9,14 @@
 //! ratios.
 //!
 //! ```sh
-//! cargo build --release --bins && target/release/bench            # the full table (~3 min)
+//! cargo build --release --bins && target/release/bench            # the full table (~8 min)
 //! cargo build --release --bins && target/release/bench --smoke    # CI: a few seconds
 //! ```
 //!
-//! Options: `--secs N` (measured seconds per run, default 5), `--smoke`, `--out FILE` (also
-//! write the table there). `FIRESTORE_EMULATOR_HOST` reuses a running emulator.
+//! Options: `--secs N` (measured seconds per run, default 5), `--smoke`, `--only 1,2,3b`
+//! (some scenarios), `--service-env K=V` (extra environment for the service, for experiments),
+//! `--out FILE` (also write the table there). `FIRESTORE_EMULATOR_HOST` reuses a running
+//! emulator.
 //!
 //! The service's CPU per order is utime+stime from `/proc/<pid>/stat` over the measured phase
 //! divided by the orders answered; its peak RSS is `VmHWM` from `/proc/<pid>/status`. For the
