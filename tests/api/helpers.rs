@@ -12,6 +12,22 @@ use std::sync::{Arc, OnceLock};
 
 static EMULATOR: OnceLock<String> = OnceLock::new();
 
+/// Start a `kind` emulator with `emulator/start`, tied to this process's life; its host:port.
+pub fn start_emulator(kind: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator/start");
+    let out = std::process::Command::new(script)
+        .arg(kind)
+        .env("EMULATOR_OWNER_PID", std::process::id().to_string())
+        .output()
+        .expect("run emulator/start");
+    assert!(
+        out.status.success(),
+        "emulator/start {kind} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Host:port of the shared emulator, started on first use unless `FIRESTORE_EMULATOR_HOST`
 /// already names one. The emulator is stopped when this process exits.
 pub fn emulator_host() -> &'static str {
@@ -19,18 +35,7 @@ pub fn emulator_host() -> &'static str {
         if let Ok(h) = std::env::var("FIRESTORE_EMULATOR_HOST") {
             return h;
         }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator/start");
-        let out = std::process::Command::new(script)
-            .arg("firestore")
-            .env("EMULATOR_OWNER_PID", std::process::id().to_string())
-            .output()
-            .expect("run emulator/start");
-        assert!(
-            out.status.success(),
-            "emulator/start failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let host = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let host = start_emulator("firestore");
         // Set once, before any client exists; every test reaches this through the OnceLock.
         std::env::set_var("FIRESTORE_EMULATOR_HOST", &host);
         host
@@ -176,30 +181,43 @@ impl TestApp {
 
     /// Every document of a collection (REST, paged).
     pub async fn list(&self, collection: &str) -> Vec<Value> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut q = vec![("pageSize".to_string(), "300".to_string())];
-            if let Some(t) = &token {
-                q.push(("pageToken".into(), t.clone()));
-            }
-            let v: Value = self
-                .http
-                .get(format!("{}/{collection}", self.rest))
-                .query(&q)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if let Some(docs) = v["documents"].as_array() {
-                out.extend(docs.iter().cloned());
-            }
-            match v["nextPageToken"].as_str() {
-                Some(t) if !t.is_empty() => token = Some(t.to_string()),
-                _ => return out,
-            }
+        list_documents(&self.http, &self.rest, collection, false).await
+    }
+}
+
+/// Every document of `collection` under the REST root `rest`, paged; `names_only` asks the
+/// emulator for names alone (cheap counts of large collections).
+pub async fn list_documents(
+    http: &reqwest::Client,
+    rest: &str,
+    collection: &str,
+    names_only: bool,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut q = vec![("pageSize".to_string(), "500".to_string())];
+        if names_only {
+            q.push(("mask.fieldPaths".into(), "__name__".into()));
+        }
+        if let Some(t) = &token {
+            q.push(("pageToken".into(), t.clone()));
+        }
+        let v: Value = http
+            .get(format!("{rest}/{collection}"))
+            .query(&q)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(docs) = v["documents"].as_array() {
+            out.extend(docs.iter().cloned());
+        }
+        match v["nextPageToken"].as_str() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => return out,
         }
     }
 }
@@ -336,20 +354,6 @@ static PUBSUB: OnceLock<String> = OnceLock::new();
 /// names an existing one) and stopped when this process exits.
 pub fn pubsub_host() -> &'static str {
     PUBSUB.get_or_init(|| {
-        if let Ok(h) = std::env::var("PUBSUB_EMULATOR_HOST") {
-            return h;
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator/start");
-        let out = std::process::Command::new(script)
-            .arg("pubsub")
-            .env("EMULATOR_OWNER_PID", std::process::id().to_string())
-            .output()
-            .expect("run emulator/start");
-        assert!(
-            out.status.success(),
-            "emulator/start pubsub failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        std::env::var("PUBSUB_EMULATOR_HOST").unwrap_or_else(|_| start_emulator("pubsub"))
     })
 }

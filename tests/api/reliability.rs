@@ -133,35 +133,12 @@ async fn seed(http: &reqwest::Client, rest: &str, stock: &StockMap) {
 
 /// IDs of every document of a collection (REST, paged).
 async fn ids(http: &reqwest::Client, rest: &str, collection: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut q = vec![
-            ("pageSize".to_string(), "500".to_string()),
-            ("mask.fieldPaths".to_string(), "__name__".to_string()),
-        ];
-        if let Some(t) = &token {
-            q.push(("pageToken".into(), t.clone()));
-        }
-        let v: Value = http
-            .get(format!("{rest}/{collection}"))
-            .query(&q)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for d in v["documents"].as_array().into_iter().flatten() {
-            if let Some(name) = d["name"].as_str() {
-                out.insert(name.rsplit('/').next().unwrap_or_default().to_string());
-            }
-        }
-        match v["nextPageToken"].as_str() {
-            Some(t) if !t.is_empty() => token = Some(t.to_string()),
-            _ => return out,
-        }
-    }
+    list_documents(http, rest, collection, true)
+        .await
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .map(|name| name.rsplit('/').next().unwrap_or_default().to_string())
+        .collect()
 }
 
 /// Run the invariant checker on `project`, on the shared emulator or on `host`.
@@ -446,21 +423,9 @@ struct OwnEmulator {
 
 impl OwnEmulator {
     async fn start() -> Self {
-        let out = tokio::task::spawn_blocking(|| {
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/emulator/start"))
-                .arg("firestore")
-                .env("EMULATOR_OWNER_PID", std::process::id().to_string())
-                .output()
-                .expect("run emulator/start")
-        })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let host = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let host = tokio::task::spawn_blocking(|| start_emulator("firestore"))
+            .await
+            .unwrap();
         let port = host.rsplit(':').next().unwrap().to_string();
         let dir = std::env::var("EMULATOR_STATE_DIR").unwrap_or_else(|_| {
             format!(
