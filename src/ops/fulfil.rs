@@ -101,7 +101,7 @@ pub struct LocalCarrier;
 
 impl Carrier for LocalCarrier {
     fn book<'a>(&'a self, key: &'a str, _order: &'a str) -> BoxFuture<'a, Result<String, String>> {
-        Box::pin(async move { Ok(format!("TRK-{}", &key[..key.len().min(12)])) })
+        Box::pin(async move { Ok(format!("TRK-{}", key.chars().take(12).collect::<String>())) })
     }
 }
 
