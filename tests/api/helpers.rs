@@ -181,24 +181,24 @@ impl TestApp {
 
     /// Every document of a collection (REST, paged).
     pub async fn list(&self, collection: &str) -> Vec<Value> {
-        list_documents(&self.http, &self.rest, collection, false).await
+        list_documents(&self.http, &self.rest, collection, None).await
     }
 }
 
-/// Every document of `collection` under the REST root `rest`, paged; `names_only` asks the
-/// emulator for names alone (cheap counts of large collections).
+/// Every document of `collection` under the REST root `rest`, paged; `mask` names the one
+/// field to return (`__name__` for names alone: cheap counts of large collections).
 pub async fn list_documents(
     http: &reqwest::Client,
     rest: &str,
     collection: &str,
-    names_only: bool,
+    mask: Option<&str>,
 ) -> Vec<Value> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
         let mut q = vec![("pageSize".to_string(), "500".to_string())];
-        if names_only {
-            q.push(("mask.fieldPaths".into(), "__name__".into()));
+        if let Some(field) = mask {
+            q.push(("mask.fieldPaths".into(), field.into()));
         }
         if let Some(t) = &token {
             q.push(("pageToken".into(), t.clone()));
@@ -356,4 +356,80 @@ pub fn pubsub_host() -> &'static str {
     PUBSUB.get_or_init(|| {
         std::env::var("PUBSUB_EMULATOR_HOST").unwrap_or_else(|_| start_emulator("pubsub"))
     })
+}
+
+/// The Pub/Sub emulator's REST API for one project: topics, push subscriptions, publishing.
+pub struct PubSub {
+    http: reqwest::Client,
+    base: String,
+    project: String,
+}
+
+impl PubSub {
+    /// A client for `project` on the shared emulator.
+    pub fn new(project: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: format!("http://{}/v1/projects/{project}", pubsub_host()),
+            project: project.to_string(),
+        }
+    }
+
+    async fn put(&self, path: &str, body: Value) {
+        let r = self
+            .http
+            .put(format!("{}/{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+
+    /// Create `topic`.
+    pub async fn topic(&self, topic: &str) {
+        self.put(&format!("topics/{topic}"), serde_json::json!({}))
+            .await;
+    }
+
+    /// Create a push subscription on `topic` delivering to `endpoint`.
+    pub async fn push_subscription(&self, name: &str, topic: &str, endpoint: &str) {
+        let body = serde_json::json!({
+            "topic": format!("projects/{}/topics/{topic}", self.project),
+            "ackDeadlineSeconds": 10,
+            "pushConfig": {"pushEndpoint": endpoint}
+        });
+        self.put(&format!("subscriptions/{name}"), body).await;
+    }
+
+    /// Delete a subscription (stops its pushes); best effort.
+    pub async fn delete_subscription(&self, name: &str) {
+        let _ = self
+            .http
+            .delete(format!("{}/subscriptions/{name}", self.base))
+            .send()
+            .await;
+    }
+
+    /// Publish each payload as one message (base64 JSON `data`), in batches the API accepts.
+    pub async fn publish(&self, topic: &str, payloads: &[Value]) {
+        use base64::Engine;
+        let messages: Vec<Value> = payloads
+            .iter()
+            .map(|p| {
+                let data = base64::engine::general_purpose::STANDARD.encode(p.to_string());
+                serde_json::json!({ "data": data })
+            })
+            .collect();
+        for batch in messages.chunks(500) {
+            let r = self
+                .http
+                .post(format!("{}/topics/{topic}:publish", self.base))
+                .json(&serde_json::json!({ "messages": batch }))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        }
+    }
 }

@@ -2,35 +2,19 @@
 //! service, some first deliveries fail with 503, Pub/Sub redelivers, every order lands once.
 
 use crate::helpers::*;
-use base64::Engine;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn push_subscription_with_failures_and_duplicates_applies_each_order_once() {
     let app = spawn_app().await;
-    let ps = pubsub_host();
-    let project = format!("ps-{}", uuid::Uuid::new_v4().simple());
-    let base = format!("http://{ps}/v1/projects/{project}");
-    let http = reqwest::Client::new();
+    let ps = PubSub::new(&format!("ps-{}", uuid::Uuid::new_v4().simple()));
     for (item, stock) in [("i-0", 50), ("i-1", 50), ("i-2", 3)] {
         app.seed(item, stock).await;
     }
-    let put = |url: String, body: Value| {
-        let http = http.clone();
-        async move {
-            let r = http.put(url).json(&body).send().await.unwrap();
-            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-        }
-    };
-    put(format!("{base}/topics/orders"), json!({})).await;
-    put(
-        format!("{base}/subscriptions/orders-push"),
-        json!({"topic": format!("projects/{project}/topics/orders"),
-               "ackDeadlineSeconds": 10,
-               "pushConfig": {"pushEndpoint": app.url("/orders")}}),
-    )
-    .await;
+    ps.topic("orders").await;
+    ps.push_subscription("orders-push", "orders", &app.url("/orders"))
+        .await;
 
     // 30 orders over 3 items; i-2 has 3 units for 10 orders of 1 (7 rejected, durably).
     let orders: Vec<Value> = (0..30)
@@ -44,20 +28,10 @@ async fn push_subscription_with_failures_and_duplicates_applies_each_order_once(
     let mut messages = Vec::new();
     for (i, o) in orders.iter().enumerate() {
         let copies = if i % 3 == 0 { 3 } else { 1 };
-        for _ in 0..copies {
-            messages.push(
-                json!({"data": base64::engine::general_purpose::STANDARD.encode(o.to_string())}),
-            );
-        }
+        messages.extend(std::iter::repeat_n(o.clone(), copies));
     }
     let published = messages.len();
-    let r = http
-        .post(format!("{base}/topics/orders:publish"))
-        .json(&json!({"messages": messages}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    ps.publish("orders", &messages).await;
 
     // Wait until every order has a status document (processed or rejected).
     let deadline = Instant::now() + Duration::from_secs(90);

@@ -9,7 +9,6 @@
 //! the memory figure (`VmHWM`, the peak resident set) is the service's alone.
 
 use crate::helpers::*;
-use base64::Engine;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use firestore_once::config::Collections;
 use firestore_once::invariants::{self, Report, StockMap};
@@ -133,7 +132,7 @@ async fn seed(http: &reqwest::Client, rest: &str, stock: &StockMap) {
 
 /// IDs of every document of a collection (REST, paged).
 async fn ids(http: &reqwest::Client, rest: &str, collection: &str) -> BTreeSet<String> {
-    list_documents(http, rest, collection, true)
+    list_documents(http, rest, collection, Some("__name__"))
         .await
         .iter()
         .filter_map(|d| d["name"].as_str())
@@ -777,7 +776,6 @@ async fn killed_instance_loses_and_repeats_nothing() {
     };
     let started = Instant::now();
     let fs = emulator_host();
-    let ps = pubsub_host();
     let slow = FaultProxy::start(fs.to_string()).await;
     slow.set(Link::Slow(Duration::from_millis(10)));
     let via = slow.url.trim_start_matches("http://").to_string();
@@ -791,46 +789,30 @@ async fn killed_instance_loses_and_repeats_nothing() {
     let w = workload("kill", n, items, 3);
     seed(&http, &rest, &w.initial).await;
 
-    let base = format!("http://{ps}/v1/projects/{project}");
-    let put = |url: String, body: Value| {
-        let http = http.clone();
-        async move {
-            let r = http.put(url).json(&body).send().await.unwrap();
-            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-        }
-    };
-    put(format!("{base}/topics/orders"), json!({})).await;
+    let ps = PubSub::new(&project);
+    ps.topic("orders").await;
     // Three push subscriptions on one topic: every message reaches the service three times,
     // concurrently, as with several subscribers, and more pushes are in flight at any moment.
     let subscriptions = 3;
     for s in 0..subscriptions {
-        put(
-            format!("{base}/subscriptions/orders-push-{s}"),
-            json!({"topic": format!("projects/{project}/topics/orders"),
-                   "ackDeadlineSeconds": 10,
-                   "pushConfig": {"pushEndpoint": format!("{front_url}/orders")}}),
+        ps.push_subscription(
+            &format!("orders-push-{s}"),
+            "orders",
+            &format!("{front_url}/orders"),
         )
         .await;
     }
     // Every order once; every fourth published twice more (new message IDs, same order).
     let mut messages = Vec::new();
     for (i, o) in w.orders.iter().enumerate() {
-        for _ in 0..if i % 4 == 0 { 3 } else { 1 } {
-            let data = base64::engine::general_purpose::STANDARD.encode(o.to_string());
-            messages.push(json!({"data": data}));
-        }
+        messages.extend(std::iter::repeat_n(
+            o.clone(),
+            if i % 4 == 0 { 3 } else { 1 },
+        ));
     }
     let published = messages.len();
     let pushes = published * subscriptions;
-    for batch in messages.chunks(500) {
-        let r = http
-            .post(format!("{base}/topics/orders:publish"))
-            .json(&json!({"messages": batch}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-    }
+    ps.publish("orders", &messages).await;
 
     // Kill it a third of the way through, with pushes in flight; restart on the same port.
     let wait_until = Instant::now() + Duration::from_secs(90);
@@ -867,10 +849,7 @@ async fn killed_instance_loses_and_repeats_nothing() {
     let report = check(&project, None, &w.initial).await;
     let dead_letters = ids(&http, &rest, "dead_letters").await.len();
     for s in 0..subscriptions {
-        let _ = http
-            .delete(format!("{base}/subscriptions/orders-push-{s}"))
-            .send()
-            .await;
+        ps.delete_subscription(&format!("orders-push-{s}")).await;
     }
 
     // Pushes in flight at the kill that had committed: their status document names them as
@@ -915,36 +894,14 @@ async fn killed_instance_loses_and_repeats_nothing() {
 /// (subscription, message ID) of the delivery that committed each status document.
 async fn status_deliveries(http: &reqwest::Client, rest: &str) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut q = vec![
-            ("pageSize".to_string(), "500".to_string()),
-            ("mask.fieldPaths".to_string(), "delivery".to_string()),
-        ];
-        if let Some(t) = &token {
-            q.push(("pageToken".into(), t.clone()));
-        }
-        let v: Value = http
-            .get(format!("{rest}/operations"))
-            .query(&q)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for d in v["documents"].as_array().into_iter().flatten() {
-            let f = &d["fields"]["delivery"]["mapValue"]["fields"];
-            let sub = &f["attrs"]["mapValue"]["fields"]["subscription"]["stringValue"];
-            if let (Some(sub), Some(id)) = (sub.as_str(), f["id"]["stringValue"].as_str()) {
-                out.insert((sub.to_string(), id.to_string()));
-            }
-        }
-        match v["nextPageToken"].as_str() {
-            Some(t) if !t.is_empty() => token = Some(t.to_string()),
-            _ => return out,
+    for d in list_documents(http, rest, "operations", Some("delivery")).await {
+        let f = &d["fields"]["delivery"]["mapValue"]["fields"];
+        let sub = &f["attrs"]["mapValue"]["fields"]["subscription"]["stringValue"];
+        if let (Some(sub), Some(id)) = (sub.as_str(), f["id"]["stringValue"].as_str()) {
+            out.insert((sub.to_string(), id.to_string()));
         }
     }
+    out
 }
 
 /// Scenario 4: far more concurrent clients than the instance takes, each with a large body.
