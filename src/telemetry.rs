@@ -75,7 +75,7 @@ pub fn trace_id(headers: &HeaderMap) -> Option<String> {
 
 /// A span for one request carrying the Cloud Logging trace field, so every line logged
 /// inside it is grouped with the request in the Logs Explorer.
-pub fn request_span(headers: &HeaderMap, project_id: &str, route: &'static str) -> tracing::Span {
+pub fn request_span(headers: &HeaderMap, project_id: &str, route: &str) -> tracing::Span {
     match trace_id(headers) {
         Some(t) => tracing::info_span!(
             "request",

@@ -209,7 +209,7 @@ struct Decision {
 async fn serve(st: AppState, req: Request, target: Target) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let span = telemetry::request_span(&parts.headers, &st.project_id, "POST");
+    let span = telemetry::request_span(&parts.headers, &st.project_id, &target.route());
     async move {
         let mut log = Decision::default();
         let answer = process(&st, &parts.headers, body, &target, &mut log).await;
