@@ -71,6 +71,14 @@ pub enum ApiError {
         /// Seconds for `Retry-After`.
         retry_after: u64,
     },
+    /// Firestore did not answer the readiness probe.
+    #[error("{detail}")]
+    NotReady {
+        /// Why.
+        detail: String,
+        /// Seconds for `Retry-After`.
+        retry_after: u64,
+    },
     /// A bug or corrupt data; details are logged, not returned.
     #[error("{0}")]
     Internal(String),
@@ -89,7 +97,9 @@ impl ApiError {
             ApiError::Envelope { .. } => StatusCode::BAD_REQUEST,
             ApiError::Busy { .. } => StatusCode::CONFLICT,
             ApiError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::NotReady { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -108,6 +118,7 @@ impl ApiError {
             ApiError::Busy { .. } => "in-progress",
             ApiError::KeyReused { .. } => "key-reused",
             ApiError::Unavailable { .. } => "unavailable",
+            ApiError::NotReady { .. } => "not-ready",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -181,8 +192,9 @@ pub fn problem(status: StatusCode, body: &Value) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = problem(self.status(), &self.body());
-        if let ApiError::Unavailable { retry_after, .. } | ApiError::Busy { retry_after, .. } =
-            &self
+        if let ApiError::Unavailable { retry_after, .. }
+        | ApiError::Busy { retry_after, .. }
+        | ApiError::NotReady { retry_after, .. } = &self
         {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));

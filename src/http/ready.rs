@@ -4,11 +4,11 @@
 //! Firestore outage would make Cloud Run restart healthy instances. `/readyz` is the check
 //! an operator or an uptime check uses to see whether requests can succeed at all.
 
+use super::error::ApiError;
 use super::AppState;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 /// The document read by the probe. It is never written: reading a missing document is the
 /// cheapest call that still goes through authentication, the network and the database.
@@ -44,19 +44,9 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
         ),
     };
     tracing::warn!(error = failure.as_str(), "not ready");
-    let status = StatusCode::SERVICE_UNAVAILABLE;
-    let body = json!({
-        "type": "/problems/not-ready",
-        "title": status.canonical_reason().unwrap_or("Service Unavailable"),
-        "status": status.as_u16(),
-        "detail": failure,
-    });
-    let mut resp = (status, body.to_string()).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    h.insert(header::RETRY_AFTER, HeaderValue::from(cfg.retry_after_secs));
-    resp
+    ApiError::NotReady {
+        detail: failure,
+        retry_after: cfg.retry_after_secs,
+    }
+    .into_response()
 }

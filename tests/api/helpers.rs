@@ -54,6 +54,15 @@ pub struct TestApp {
     pub rest: String,
 }
 
+/// A port nothing listens on right now, for a child process that must keep its port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A fresh project ID.
 pub fn project() -> String {
     format!("test-{}", uuid::Uuid::new_v4().simple())

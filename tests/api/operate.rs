@@ -2,7 +2,8 @@
 //! Cloud Run asks for, the last on the real binary with a real SIGTERM.
 
 use crate::helpers::{
-    emulator_host, guard_for, op_id, project, spawn_app_at, spawn_app_with, FaultProxy, Link,
+    emulator_host, free_port, guard_for, op_id, project, spawn_app_at, spawn_app_with, FaultProxy,
+    Link,
 };
 use axum::body::Body;
 use axum::http::Request;
@@ -270,14 +271,6 @@ struct Service {
     readers: Vec<tokio::task::JoinHandle<()>>,
     /// From spawning the process to its first 200 on /healthz.
     ready_after: Duration,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn collect(

@@ -395,14 +395,6 @@ impl Instance {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn signal_group(pgid: &str, signal: &str) {
     let ok = std::process::Command::new("kill")
         .args([signal, "--", &format!("-{pgid}")])
