@@ -17,6 +17,32 @@ pub struct Collections {
     /// Leases of task steps that call the outside world (`ONCE_LEASES_COLLECTION`, default
     /// `leases`).
     pub leases: String,
+    /// `ONCE_STOCK_SHARDS`: how many shard documents (`{items}/{id}/shards/{k}`) an item's
+    /// stock may be spread over so several instances can sell one hot item without writing
+    /// the same document (see docs/scale-out.md); 0 sells from `{items}/{id}.stock` alone.
+    pub stock_shards: u32,
+    /// The shard this instance prefers (`hash(ONCE_INSTANCE_ID) mod stock_shards`; the
+    /// instance ID is random per process unless set).
+    pub own_shard: u32,
+}
+
+/// Default of `ONCE_STOCK_SHARDS`.
+pub const DEFAULT_STOCK_SHARDS: u32 = 16;
+
+/// The shard an instance called `instance` prefers among `shards`: a number is taken as the
+/// shard itself (so a deployment can place instances by hand), anything else is hashed.
+pub fn shard_of(instance: &str, shards: u32) -> u32 {
+    if shards == 0 {
+        return 0;
+    }
+    match instance.parse::<u32>() {
+        Ok(n) => n % shards,
+        Err(_) => {
+            use sha2::{Digest, Sha256};
+            let h = Sha256::digest(instance.as_bytes());
+            u32::from_be_bytes([h[0], h[1], h[2], h[3]]) % shards
+        }
+    }
 }
 
 impl Default for Collections {
@@ -27,6 +53,8 @@ impl Default for Collections {
             operations: "operations".into(),
             dead_letters: "dead_letters".into(),
             leases: "leases".into(),
+            stock_shards: DEFAULT_STOCK_SHARDS,
+            own_shard: 0,
         }
     }
 }
@@ -84,7 +112,13 @@ pub struct Config {
     /// the process exits anyway. Cloud Run kills the instance 10 s after SIGTERM, so the
     /// default (9 s) leaves time to flush logs and exit 0 on our own terms.
     pub shutdown_grace: Duration,
+    /// `ONCE_INSTANCE_ID`: this process's name for its stock shard (random when unset).
+    pub instance_id: String,
 }
+
+/// Most stock shards per item: a gather reads all of them in one call and verifies them in
+/// one commit (Firestore allows 500 writes per commit).
+pub const MAX_STOCK_SHARDS: u32 = 64;
 
 impl Default for Config {
     fn default() -> Self {
@@ -105,6 +139,7 @@ impl Default for Config {
             max_in_flight: 200,
             log_format: LogFormat::Json,
             shutdown_grace: Duration::from_millis(9000),
+            instance_id: "0".into(),
         }
     }
 }
@@ -157,6 +192,17 @@ impl Config {
             Some(other) => bail!("ONCE_LOG_FORMAT={other:?}: use json or text"),
         };
         let retention_days: u64 = parse("ONCE_RETENTION_DAYS", get("ONCE_RETENTION_DAYS"), 35)?;
+        let stock_shards: u32 = parse(
+            "ONCE_STOCK_SHARDS",
+            get("ONCE_STOCK_SHARDS"),
+            DEFAULT_STOCK_SHARDS,
+        )?;
+        if stock_shards > MAX_STOCK_SHARDS {
+            bail!("ONCE_STOCK_SHARDS={stock_shards}: at most {MAX_STOCK_SHARDS}");
+        }
+        let instance_id = get("ONCE_INSTANCE_ID")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("{:016x}", fastrand::u64(..)));
         let cfg = Self {
             port: parse("PORT", get("PORT"), d.port)?,
             project_id: get("GOOGLE_CLOUD_PROJECT").filter(|p| !p.is_empty()),
@@ -169,7 +215,10 @@ impl Config {
                 operations: name("ONCE_OPERATIONS_COLLECTION", "operations")?,
                 dead_letters: name("ONCE_DEAD_LETTERS_COLLECTION", "dead_letters")?,
                 leases: name("ONCE_LEASES_COLLECTION", "leases")?,
+                stock_shards,
+                own_shard: shard_of(&instance_id, stock_shards),
             },
+            instance_id,
             retention: Duration::from_secs(retention_days.max(1) * 24 * 3600),
             request_timeout: ms("ONCE_REQUEST_TIMEOUT_MS", d.request_timeout)?,
             firestore_timeout: ms("ONCE_FIRESTORE_TIMEOUT_MS", d.firestore_timeout)?,
@@ -258,7 +307,18 @@ mod tests {
     fn defaults_and_overrides() {
         let c = cfg(&[]).unwrap();
         assert_eq!(c.port, 8080);
-        assert_eq!(c.collections, Collections::default());
+        assert_eq!(
+            c.collections,
+            Collections {
+                own_shard: c.collections.own_shard,
+                ..Collections::default()
+            }
+        );
+        assert!(c.collections.own_shard < DEFAULT_STOCK_SHARDS);
+        let c = cfg(&[("ONCE_INSTANCE_ID", "5"), ("ONCE_STOCK_SHARDS", "4")]).unwrap();
+        assert_eq!((c.collections.stock_shards, c.collections.own_shard), (4, 1));
+        assert_eq!(shard_of("rev-abc", 0), 0);
+        assert_eq!(shard_of("rev-abc", 8), shard_of("rev-abc", 8));
         assert_eq!(c.database_id, "(default)");
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.retention, Duration::from_secs(35 * 86400));
@@ -292,6 +352,7 @@ mod tests {
             ("ONCE_LOG_FORMAT", "xml"),
             ("ONCE_SHUTDOWN_GRACE_MS", "soon"),
             ("ONCE_MAX_IN_FLIGHT", "0"),
+            ("ONCE_STOCK_SHARDS", "65"),
         ] {
             let e = cfg(&[(k, v)]).unwrap_err().to_string();
             assert!(e.contains(k), "{e}");

@@ -8,10 +8,12 @@
 //! Checked, for the collections of [`Collections`]:
 //!
 //! 1. **Stock adds up.** For every item: `initial + restocked = current + held`, where
+//!    `current` is the item's total stock, `{items}/{id}.stock` plus every shard
+//!    `{items}/{id}/shards/{k}.stock` (see `ops::stock`),
 //!    `restocked` sums the processed `restock` operations on it and `held` sums the lines of
 //!    every order that still holds its stock (any state but `cancelled`: `processed`,
 //!    `fulfilling` and `shipped` orders keep theirs).
-//! 2. **No stock below zero.**
+//! 2. **No stock below zero**, on the main document and on every shard.
 //! 3. **Orders and status documents pair up.** Every order document has exactly one status
 //!    document, under the same ID, of kind `order`, outcome `processed`, for the same
 //!    `order_id`; every processed `order` status document has its order document; a rejected
@@ -74,8 +76,10 @@ pub struct OperationState {
 /// as its error, so it is reported rather than silently skipped.
 #[derive(Clone, Debug, Default)]
 pub struct State {
-    /// `items/{id}` → `stock`.
+    /// `items/{id}` → `stock` (the main document alone).
     pub items: BTreeMap<String, Result<i64, String>>,
+    /// `items/{id}/shards/{k}` → `stock`, by item ID then shard ID.
+    pub shards: BTreeMap<String, BTreeMap<String, Result<i64, String>>>,
     /// `orders/{id}`.
     pub orders: BTreeMap<String, Result<OrderState, String>>,
     /// `operations/{id}`.
@@ -407,7 +411,9 @@ pub fn check(state: &State, initial: &StockMap) -> Report {
         }
     }
 
-    // Items: the stock adds up and is never negative.
+    // Items: the stock adds up and is never negative, on the main document or any shard.
+    let mut shard_units: StockMap = BTreeMap::new();
+    let mut shards_unreadable: BTreeSet<&String> = BTreeSet::new();
     for (id, stock) in &state.items {
         match stock {
             Ok(s) if *s < 0 => v.push(Violation::NegativeStock {
@@ -416,6 +422,25 @@ pub fn check(state: &State, initial: &StockMap) -> Report {
             }),
             Ok(_) => {}
             Err(e) => v.push(unreadable("items", id, e)),
+        }
+    }
+    for (id, shards) in &state.shards {
+        for (k, stock) in shards {
+            match stock {
+                Ok(s) => {
+                    if *s < 0 {
+                        v.push(Violation::NegativeStock {
+                            item_id: format!("{id}/shards/{k}"),
+                            stock: *s,
+                        });
+                    }
+                    *shard_units.entry(id.clone()).or_default() += s;
+                }
+                Err(e) => {
+                    shards_unreadable.insert(id);
+                    v.push(unreadable(&format!("items/{id}/shards"), k, e));
+                }
+            }
         }
     }
     let used: BTreeSet<&String> = held.keys().chain(restocked.keys()).collect();
@@ -435,7 +460,8 @@ pub fn check(state: &State, initial: &StockMap) -> Report {
                 continue;
             }
             Some(Err(_)) => continue,
-            Some(Ok(s)) => *s,
+            Some(Ok(_)) if shards_unreadable.contains(id) => continue,
+            Some(Ok(s)) => s + shard_units.get(id).copied().unwrap_or(0),
         };
         let added = restocked.get(id).copied().unwrap_or(0);
         let taken = held.get(id).copied().unwrap_or(0);
@@ -519,12 +545,49 @@ fn decode<T: for<'de> Deserialize<'de>>(doc: &Document) -> Result<T, String> {
     FirestoreDb::deserialize_doc_to::<T>(doc).map_err(|e| e.to_string())
 }
 
-/// Read the items, orders and status documents of `collections`.
+/// Every document of the sub-collection `shards` of `items/{id}`.
+async fn list_shards(db: &FirestoreDb, items: &str, id: &str) -> Result<Vec<Document>, ReadError> {
+    let err = |source| ReadError {
+        collection: format!("{items}/{id}/shards"),
+        source,
+    };
+    let parent = db.parent_path(items, id).map_err(err)?;
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut page = db
+            .fluent()
+            .list()
+            .from("shards")
+            .parent(&parent)
+            .page_size(500);
+        if let Some(t) = token.take() {
+            page = page.page_token(t);
+        }
+        let page = page.get_page().await.map_err(err)?;
+        out.extend(page.documents);
+        match page.page_token {
+            Some(t) if !t.is_empty() => token = Some(t),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Read the items (with their stock shards), orders and status documents of `collections`.
 pub async fn read(db: &FirestoreDb, collections: &Collections) -> Result<State, ReadError> {
     let mut state = State::default();
     for doc in list(db, &collections.items).await? {
         let stock = decode::<ItemDoc>(&doc).map(|i| i.stock);
-        state.items.insert(doc_id(&doc), stock);
+        let id = doc_id(&doc);
+        let shards = list_shards(db, &collections.items, &id).await?;
+        if !shards.is_empty() {
+            let m = shards
+                .iter()
+                .map(|d| (doc_id(d), decode::<ItemDoc>(d).map(|i| i.stock)))
+                .collect();
+            state.shards.insert(id.clone(), m);
+        }
+        state.items.insert(id, stock);
     }
     for doc in list(db, &collections.orders).await? {
         state
@@ -627,6 +690,30 @@ mod tests {
         assert!(r.ok(), "{r}");
         assert_eq!((r.orders, r.orders_cancelled, r.units_held), (3, 1, 4));
         assert_eq!((r.processed, r.rejected), (5, 1));
+    }
+
+    #[test]
+    fn shards_count_towards_the_stock_and_may_not_go_negative() {
+        let (mut s, init) = good();
+        // Move 5 of item a's 12 into two shards: still consistent.
+        s.items.insert("a".into(), Ok(7));
+        s.shards.insert(
+            "a".into(),
+            [("0".to_string(), Ok(4)), ("3".to_string(), Ok(1))].into(),
+        );
+        assert!(check(&s, &init).ok());
+        // A shard that lost a unit no order holds is a mismatch; one below zero is named.
+        s.shards
+            .insert("a".into(), [("0".to_string(), Ok(-1)), ("3".to_string(), Ok(5))].into());
+        let r = check(&s, &init);
+        let names: Vec<String> = r.violations.iter().map(|v| v.to_string()).collect();
+        assert!(names.iter().any(|n| n.contains("a/shards/0")), "{names:?}");
+        assert!(
+            r.violations
+                .iter()
+                .any(|v| matches!(v, Violation::StockMismatch { current: 11, .. })),
+            "{names:?}"
+        );
     }
 
     #[test]

@@ -8,13 +8,14 @@
 //! 1. [`delivery`] decodes the envelope into a payload plus transport identity;
 //! 2. [`ops`] parses the payload into an [`Operation`](ops::Operation) that knows its key, its
 //!    fingerprint, the documents it reads and a pure decision;
-//! 3. [`guard`] runs one Firestore transaction: read the status document and the operation's
-//!    documents, decide, commit the writes and the status document together, or replay;
+//! 3. [`guard`] reads the status document and the operation's documents, decides, and commits
+//!    the writes and the status document together in one commit guarded by preconditions
+//!    (optimistic: nothing is locked), or replays;
 //! 4. [`http`] maps the outcome to an answer that fits the caller (see the README's contract).
 //!
 //! ## The guarantee
 //! The business writes of an operation and its status document `operations/{sha256(kind:key)}`
-//! are committed in the same transaction, so they exist together or not at all. A delivery
+//! are committed in the same atomic commit, so they exist together or not at all. A delivery
 //! that finds the status document changes nothing and answers with the stored response. A
 //! business rejection is stored the same way, so it is replayed, never retried forever.
 //!
@@ -61,9 +62,10 @@
 //!   transaction. [`guard::lease`] keeps two deliveries from running such a step at once and
 //!   commits its result once; a call is repeated only after a crash mid-call, so the outside
 //!   system should honour the step's operation ID as an idempotency key.
-//! - Across instances, Firestore's transaction is the only arbiter: a hot document still
-//!   serialises there (production Firestore sustains about one write per second per
-//!   document; group commit puts many operations in each write).
+//! - Across instances, the commit's preconditions are the only arbiter. A hot item's stock is
+//!   spread over shard documents so instances write different documents (production
+//!   Firestore sustains about one write per second per document; group commit puts many
+//!   operations in each write); see docs/scale-out.md.
 //! - Status documents expire after the configured retention (default 35 days); a delivery
 //!   arriving later than that is treated as new.
 

@@ -61,6 +61,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         port = config.port,
         project_id,
         emulator = std::env::var("FIRESTORE_EMULATOR_HOST").ok(),
+        instance_id = config.instance_id,
+        stock_shards = config.collections.stock_shards,
+        own_shard = config.collections.own_shard,
         "serving"
     );
     let state = AppState::new(guard, config, project_id);

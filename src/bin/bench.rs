@@ -63,6 +63,8 @@ struct Scenario {
     env: Vec<(&'static str, &'static str)>,
     /// Whether the baseline runs too (skipped for a service-only variant).
     baseline: bool,
+    /// Service processes sharing the project; the clients are split evenly over them.
+    instances: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -99,6 +101,7 @@ enum Answer {
 struct Row {
     scenario: String,
     clients: usize,
+    instances: usize,
     runner: &'static str,
     orders: usize,
     per_sec: f64,
@@ -118,6 +121,8 @@ struct Args {
     only: Vec<String>,
     secs: f64,
     smoke: bool,
+    /// `--long`: N = 8 too in the N-instance scenarios.
+    long: bool,
     out: Option<PathBuf>,
 }
 
@@ -127,12 +132,14 @@ fn args() -> Result<Args> {
         only: Vec::new(),
         secs: 5.0,
         smoke: false,
+        long: false,
         out: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--smoke" => a.smoke = true,
+            "--long" => a.long = true,
             "--secs" => {
                 a.secs = it
                     .next()
@@ -154,7 +161,7 @@ fn args() -> Result<Args> {
             }
             "--out" => a.out = Some(it.next().context("--out needs a file")?.into()),
             "-h" | "--help" => {
-                println!("usage: bench [--smoke] [--secs N] [--only 1,2,3,3b,4] [--service-env K=V]... [--out FILE]");
+                println!("usage: bench [--smoke] [--long] [--secs N] [--only 1,2,3,3b,4,4r,5,5r] [--service-env K=V]... [--out FILE]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -238,7 +245,9 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem_gib:.0} GiB RAM")
 }
 
-fn scenarios(smoke: bool) -> Vec<Scenario> {
+/// The scenarios to run; `long` adds N = 8 to the N-instance ones, `only_scale` keeps those
+/// alone.
+fn scenarios(smoke: bool, long: bool, only_scale: bool) -> Vec<Scenario> {
     let s = |id, title, shape, clients| Scenario {
         id,
         title,
@@ -246,11 +255,39 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
         clients,
         env: Vec::new(),
         baseline: true,
+        instances: 1,
+    };
+    let scale = |id, title, shape, instances| Scenario {
+        baseline: false,
+        instances,
+        ..s(id, title, shape, 16)
     };
     if smoke {
-        return vec![s("1", "100 items, distinct orders", Shape::Spread, 8)];
+        return vec![
+            s("1", "100 items, distinct orders", Shape::Spread, 8),
+            scale("5", "one hot item, N instances", Shape::Hot, 2),
+        ];
     }
-    vec![
+    let mut n_instances = vec![1, 2, 4];
+    if long {
+        n_instances.push(8);
+    }
+    let mut scaled = Vec::new();
+    for &n in &n_instances {
+        scaled.push(scale("5", "one hot item, N instances", Shape::Hot, n));
+    }
+    for &n in &n_instances {
+        scaled.push(scale(
+            "5r",
+            "100 items at random, N instances",
+            Shape::SpreadRandom,
+            n,
+        ));
+    }
+    if only_scale {
+        return scaled;
+    }
+    let mut all = vec![
         s("1", "100 items, distinct orders", Shape::Spread, 1),
         s("1", "100 items, distinct orders", Shape::Spread, 8),
         s("1", "100 items, distinct orders", Shape::Spread, 16),
@@ -270,7 +307,9 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             Shape::MultiRandom,
             32,
         ),
-    ]
+    ];
+    all.extend(scaled);
+    all
 }
 
 async fn run(args: Args, service_bin: PathBuf, emulator: String) -> Result<()> {
@@ -301,7 +340,8 @@ async fn run(args: Args, service_bin: PathBuf, emulator: String) -> Result<()> {
     }
     let mut rows: Vec<Row> = Vec::new();
     let mut broken: Vec<String> = Vec::new();
-    let chosen = scenarios(args.smoke)
+    let only_scale = !args.only.is_empty() && args.only.iter().all(|o| o == "5" || o == "5r");
+    let chosen = scenarios(args.smoke, args.long, only_scale)
         .into_iter()
         .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.id));
     for (n, sc) in chosen.enumerate() {
@@ -313,7 +353,10 @@ async fn run(args: Args, service_bin: PathBuf, emulator: String) -> Result<()> {
         let (row, invariant) = env.service(&sc, n).await?;
         eprintln!("{}", row_line(&row));
         if let Err(e) = invariant {
-            broken.push(format!("scenario {} ({} clients): {e}", sc.id, sc.clients));
+            broken.push(format!(
+                "scenario {} ({} clients, {} instances): {e}",
+                sc.id, sc.clients, sc.instances
+            ));
         }
         rows.push(row);
     }
@@ -345,9 +388,10 @@ async fn run(args: Args, service_bin: PathBuf, emulator: String) -> Result<()> {
 
 fn row_line(r: &Row) -> String {
     format!(
-        "  {:<3} {:>2} clients  {:<8} {:>6} orders {:>8.0}/s  p50 {:>6.1} ms  p99 {:>6.1} ms  failed {:>4}  cpu {}  rss {}",
+        "  {:<3} {:>2} clients {} inst  {:<8} {:>6} orders {:>8.0}/s  p50 {:>6.1} ms  p99 {:>6.1} ms  failed {:>4}  cpu {}  rss {}",
         r.scenario,
         r.clients,
+        r.instances,
         r.runner,
         r.orders,
         r.per_sec,
@@ -469,6 +513,8 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 enum Target {
     Http { http: reqwest::Client, url: String },
     Raw { db: FirestoreDb },
+    /// Several service instances: client `c` talks to instance `c mod n` only.
+    Spread(Vec<Target>),
 }
 
 struct Measured {
@@ -479,8 +525,20 @@ struct Measured {
 }
 
 impl Target {
+    /// The target client `c` uses.
+    fn for_client(&self, c: usize) -> Target {
+        match self {
+            Target::Spread(all) if !all.is_empty() => all[c % all.len()].for_client(c),
+            t => t.clone(),
+        }
+    }
+
     async fn send(&self, o: &Order) -> Answer {
         match self {
+            Target::Spread(all) => match all.first() {
+                Some(t) => Box::pin(t.send(o)).await,
+                None => Answer::Failed,
+            },
             Target::Http { http, url } => {
                 match http
                     .post(url)
@@ -675,6 +733,23 @@ impl Env {
                 .and_then(|s| s.parse::<i64>().ok())
                 .context("an item without an integer stock")?;
         }
+        // Plus what the items' stock shards hold (`items/{id}/shards/{k}`).
+        for id in ids {
+            let v: Value = self
+                .http
+                .get(format!("{}/items/{id}/shards", self.rest(project)))
+                .query(&[("pageSize", "1000")])
+                .send()
+                .await?
+                .json()
+                .await?;
+            for d in v["documents"].as_array().cloned().unwrap_or_default() {
+                left += d["fields"]["stock"]["integerValue"]
+                    .as_str()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .context("a shard without an integer stock")?;
+            }
+        }
         Ok(PLENTY * ids.len() as i64 - left)
     }
 
@@ -770,7 +845,7 @@ impl Env {
         let next = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for c in 0..clients {
-            let target = target.clone();
+            let target = target.for_client(c);
             let replay = replay.clone();
             let next = next.clone();
             let prefix = prefix.to_string();
@@ -859,6 +934,7 @@ impl Env {
         Row {
             scenario: sc.id.into(),
             clients: sc.clients,
+            instances: sc.instances,
             runner,
             orders: m.answers.len(),
             per_sec: m.answers.len() as f64 / m.elapsed.as_secs_f64().max(1e-9),
@@ -880,6 +956,7 @@ impl Env {
             clients: 16,
             env: Vec::new(),
             baseline: true,
+            instances: 1,
         };
         let secs = Duration::from_secs(4);
         let project = format!("{}-warm", self.run_id);
@@ -960,18 +1037,35 @@ impl Env {
         let project = self.project(n, "svc");
         let ids = Self::items_for(sc.shape);
         self.seed(&project, &ids).await?;
-        let svc = self.start_service(&project, &sc.env).await?;
-        let pid = svc.child.id();
-        let target = Target::Http {
-            http: self.http.clone(),
-            url: format!("{}/orders", svc.url),
+        let mut services = Vec::with_capacity(sc.instances);
+        for i in 0..sc.instances {
+            let mut env = sc.env.clone();
+            let id = i.to_string();
+            env.push(("ONCE_INSTANCE_ID", id.as_str()));
+            services.push(self.start_service(&project, &env).await?);
+        }
+        let pids: Vec<u32> = services.iter().map(|s| s.child.id()).collect();
+        let targets: Vec<Target> = services
+            .iter()
+            .map(|svc| Target::Http {
+                http: self.http.clone(),
+                url: format!("{}/orders", svc.url),
+            })
+            .collect();
+        let target = if targets.len() == 1 {
+            targets[0].clone()
+        } else {
+            Target::Spread(targets)
         };
         let prefix = format!("svc{n}");
         let replay = match sc.shape {
             Shape::Replay => Some(self.preload(&target, &prefix).await?),
             _ => None,
         };
-        let cpu0 = cpu_secs(pid)?;
+        let cpu_of = |pids: &[u32]| -> Result<f64> {
+            pids.iter().map(|p| cpu_secs(*p)).sum::<Result<f64>>()
+        };
+        let cpu0 = cpu_of(&pids)?;
         let m = Self::drive(
             &target,
             sc.shape,
@@ -982,9 +1076,14 @@ impl Env {
             usize::MAX,
         )
         .await;
-        let cpu = cpu_secs(pid)? - cpu0;
-        let rss = peak_rss_mb(pid)?;
-        drop(svc);
+        let cpu = cpu_of(&pids)? - cpu0;
+        let rss = pids
+            .iter()
+            .map(|p| peak_rss_mb(*p))
+            .collect::<Result<Vec<f64>>>()?
+            .into_iter()
+            .fold(0.0, f64::max);
+        drop(services);
         let mut row = self.row(sc, "service", &m);
         row.cpu_ms_per_order = Some(cpu * 1000.0 / row.orders.max(1) as f64);
         row.peak_rss_mb = Some(rss);
@@ -1047,8 +1146,9 @@ fn healthz_ok(port: u16) -> bool {
 }
 
 fn find<'a>(rows: &'a [Row], id: &str, clients: usize, runner: &str) -> Option<&'a Row> {
-    rows.iter()
-        .find(|r| r.scenario == id && r.clients == clients && r.runner == runner)
+    rows.iter().find(|r| {
+        r.scenario == id && r.clients == clients && r.runner == runner && r.instances == 1
+    })
 }
 
 fn mark(ok: bool) -> &'static str {
@@ -1069,20 +1169,21 @@ fn render(machine: &str, args: &Args, startup_ms: f64, rows: &[Row]) -> String {
     );
     let _ = writeln!(
         s,
-        "| scenario | clients | runner | orders | orders/s | p50 ms | p99 ms | failed/5xx | CPU ms/order | peak RSS MB |"
+        "| scenario | clients | instances | runner | orders | orders/s | p50 ms | p99 ms | failed/5xx | CPU ms/order | peak RSS MB |"
     );
-    let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
-        let title = scenarios(false)
+        let title = scenarios(false, true, false)
             .into_iter()
             .find(|x| x.id == r.scenario)
             .map_or("", |x| x.title);
         let _ = writeln!(
             s,
-            "| {} {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {} |",
+            "| {} {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {} |",
             r.scenario,
             title,
             r.clients,
+            r.instances,
             r.runner,
             r.orders,
             r.per_sec,
@@ -1134,6 +1235,44 @@ fn render(machine: &str, args: &Args, startup_ms: f64, rows: &[Row]) -> String {
                 s,
                 "  (replays with the cache off: {:.1} × scenario 1 @32)",
                 r.per_sec / sp.per_sec.max(1e-9)
+            );
+        }
+    }
+    for id in ["5", "5r"] {
+        let at = |n: usize| {
+            rows.iter()
+                .find(|r| r.scenario == id && r.runner == "service" && r.instances == n)
+        };
+        if let (Some(one), Some(four)) = (at(1), at(4)) {
+            let t = four.per_sec / one.per_sec.max(1e-9);
+            let _ = writeln!(
+                s,
+                "Scenario {id}: N=4 {:.0} orders/s = {t:.2} × N=1 {:.0} (target ≥ 0.8: {}); p99 at N=4 {:.1} ms (target ≤ 250: {}); failed {} (target 0: {})",
+                four.per_sec,
+                one.per_sec,
+                mark(t >= 0.8),
+                four.p99_ms,
+                mark(four.p99_ms <= 250.0),
+                four.failed,
+                mark(four.failed == 0)
+            );
+        }
+        if let (Some(one), Some(two)) = (at(1), at(2)) {
+            let _ = writeln!(
+                s,
+                "  (N=2: {:.2} × N=1, p99 {:.1} ms, failed {})",
+                two.per_sec / one.per_sec.max(1e-9),
+                two.p99_ms,
+                two.failed
+            );
+        }
+        if let (Some(one), Some(eight)) = (at(1), at(8)) {
+            let _ = writeln!(
+                s,
+                "  (N=8: {:.2} × N=1, p99 {:.1} ms, failed {})",
+                eight.per_sec / one.per_sec.max(1e-9),
+                eight.p99_ms,
+                eight.failed
             );
         }
     }

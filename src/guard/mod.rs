@@ -1,28 +1,36 @@
-//! The guard: one Firestore transaction per operation (or per batch of operations on the same
-//! documents) that reads the status document and the operation's documents, decides, and
-//! commits the business writes together with the new status document.
+//! The guard: per operation (or per batch of operations on the same documents) read the
+//! status document and the operation's documents, decide, and commit the business writes
+//! together with the new status document in ONE atomic Firestore commit.
 //!
 //! Guarantee: an operation's writes are committed at most once, and only together with its
 //! status document; every later delivery finds that document and replays its stored response.
 //! What the guard cannot promise: effects outside Firestore (see the multi-step tasks).
 //!
+//! Concurrency control is optimistic ([`fold`], [`driver`]): reads happen outside any
+//! transaction, and the commit carries preconditions (`exists: false` on each new status
+//! document, `update_time == read` on each business document written or, for a rejection,
+//! verified). A conflict fails the commit at once with nothing written and the batch is
+//! decided again on fresh reads. Nothing is ever locked between a read and a commit, so a
+//! crashed instance or a lost answer strands nothing (docs/scale-out.md).
+//!
 //! Inside one instance, operations that read the same documents are queued on a *lane* and
-//! folded into one transaction (group commit), and lanes that share a document take a striped
-//! lock first. Firestore transactions alone keep several instances correct; the lanes only stop
-//! one instance's transactions from fighting over a hot document (the emulator waits about
-//! 2 s per lock conflict, production Firestore advises about one write per second per document).
+//! folded into one commit (group commit), and lanes that share a document take a striped
+//! lock first so one instance never conflicts with itself. Across instances, hot items are
+//! spread over stock shards (`ops::stock`) so instances write different documents.
 
 pub mod cache;
+pub mod driver;
+pub mod fold;
 pub mod key;
 pub mod lease;
 pub mod record;
 
 use crate::delivery::DeliveryMeta;
-use crate::ops::{Decision, DocRef, Fields, OpError, Operation, Snapshot, Write, WriteKind};
-use firestore::gcloud_sdk::google::firestore::v1 as pb;
+use crate::ops::{DocRef, OpError, Operation, Snapshot, Write};
+use driver::Driver;
 use firestore::gcloud_sdk::tonic::Code;
 use firestore::{FirestoreDb, FirestoreInstant};
-use record::{RecordInput, StatusRecord};
+use record::StatusRecord;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
@@ -40,7 +48,7 @@ pub struct GuardConfig {
     pub max_attempts: u32,
     /// Deadline of each Firestore call.
     pub call_timeout: Duration,
-    /// Most operations in one transaction.
+    /// Most operations in one commit (group commit).
     pub batch_max: usize,
     /// Byte budget of the in-process cache of completed outcomes (see [`cache`]); 0 disables it.
     pub replay_cache_bytes: u64,
@@ -81,7 +89,8 @@ impl From<OpError> for GuardError {
     }
 }
 
-type Reply = Result<Outcome, GuardError>;
+/// What the guard answers for one operation.
+pub type Reply = Result<Outcome, GuardError>;
 
 struct Pending {
     op: Arc<dyn Operation>,
@@ -93,8 +102,9 @@ struct Pending {
 const STRIPES: usize = 1024;
 
 struct Inner {
-    db: FirestoreDb,
+    driver: Driver,
     cfg: GuardConfig,
+    before_commit: Mutex<Option<CommitHook>>,
     lanes: Mutex<HashMap<Vec<DocRef>, VecDeque<Pending>>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     cache: cache::ReplayCache,
@@ -116,7 +126,8 @@ impl Guard {
     pub fn new(db: FirestoreDb, cfg: GuardConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
-                db,
+                driver: Driver::new(db, cfg.call_timeout),
+                before_commit: Mutex::new(None),
                 cache: cache::ReplayCache::new(cfg.replay_cache_bytes),
                 cfg,
                 lanes: Mutex::new(HashMap::new()),
@@ -127,7 +138,7 @@ impl Guard {
 
     /// The database this guard writes to.
     pub fn db(&self) -> &FirestoreDb {
-        &self.inner.db
+        self.inner.driver.db()
     }
 
     /// The guard's configuration.
@@ -143,11 +154,11 @@ impl Guard {
     /// Run `op` exactly once in effect and return its outcome, first or replayed.
     ///
     /// The work runs on a background task: if the caller stops waiting (a deadline), the
-    /// transaction still finishes or fails cleanly; it is never cut between reads and commit.
+    /// batch still finishes or fails cleanly; it is never cut between reads and commit.
     pub async fn run(&self, op: Arc<dyn Operation>, delivery: DeliveryMeta) -> Reply {
         let operation_id = operation_id(op.as_ref());
         // A committed status document never changes, so this instance's copy answers a
-        // redelivery without Firestore; the fingerprint is checked exactly as in a transaction.
+        // redelivery without Firestore; the fingerprint is checked exactly as in a batch.
         if let Some(record) = self.inner.cache.get(&operation_id) {
             return if record.fingerprint == op.fingerprint().to_hex() {
                 Ok(Outcome {
@@ -214,7 +225,7 @@ fn stripe_of(doc: &DocRef) -> usize {
     (h.finish() as usize) % STRIPES
 }
 
-/// Drain one lane: take up to `batch_max` waiting operations, run them in one transaction,
+/// Drain one lane: take up to `batch_max` waiting operations, run them in one commit,
 /// repeat until the lane is empty.
 async fn lead(inner: Arc<Inner>, lane: Vec<DocRef>) {
     let _cleanup = LaneCleanup {
@@ -257,20 +268,28 @@ async fn lead(inner: Arc<Inner>, lane: Vec<DocRef>) {
     }
 }
 
-/// Why one transaction attempt did not finish.
+/// Why one attempt did not settle the batch.
 enum Attempt {
-    /// Nothing was committed; the attempt may be repeated (`retry` is the aborted transaction).
-    Retry { why: String, retry: Option<Vec<u8>> },
+    /// Nothing was written; decide again on fresh reads after a back-off.
+    Conflict(String),
+    /// Nothing was written; some operation needs more documents: read them and fold again
+    /// at once (not contention, so no back-off).
+    ReadMore,
 }
 
+/// Jittered back-off before attempt `attempt + 1`: short, because a refused precondition
+/// fails at once (no lock wait), and jittered so instances that collided spread out.
 fn backoff(attempt: u32) -> Duration {
-    let cap = 20u64.saturating_mul(1 << attempt.min(6)).min(1000);
-    Duration::from_millis(cap / 2 + fastrand::u64(0..=cap / 2))
+    let cap = 8u64.saturating_mul(1 << attempt.min(7)).min(1000);
+    Duration::from_millis(cap / 4 + fastrand::u64(0..=cap * 3 / 4))
 }
 
-fn code_of(e: &firestore::gcloud_sdk::tonic::Status) -> String {
-    format!("{:?}: {}", e.code(), e.message())
-}
+/// A one-shot hook run between the fold and the commit (tests force conflicts with it).
+pub type CommitHook =
+    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
+
+/// Most rounds of extra reads one batch may ask for (an order gathers once per line).
+const MAX_READ_ROUNDS: u32 = 8;
 
 impl Inner {
     fn status_ref(&self, operation_id: &str) -> DocRef {
@@ -278,195 +297,69 @@ impl Inner {
     }
 
     async fn run_batch(&self, batch: &[Pending]) -> Vec<Reply> {
-        let mut retry = None;
+        let mut extra: Vec<DocRef> = Vec::new();
         let mut attempt = 0;
+        let mut rounds = 0;
         loop {
-            attempt += 1;
-            match self.attempt(batch, retry.take()).await {
+            let why = match self.attempt(batch, &mut extra).await {
                 Ok(replies) => return replies,
-                Err(Attempt::Retry { why, retry: r }) => {
-                    if attempt >= self.cfg.max_attempts {
-                        tracing::warn!(attempts = attempt, error = %why, "transaction gave up");
-                        let e = GuardError::Unavailable(format!(
-                            "transaction not settled after {attempt} attempts: {why}"
-                        ));
-                        return batch.iter().map(|_| Err(e.clone())).collect();
-                    }
-                    tracing::debug!(attempt, error = %why, "transaction retried");
-                    retry = r;
-                    tokio::time::sleep(backoff(attempt)).await;
+                Err(Attempt::ReadMore) if rounds < MAX_READ_ROUNDS => {
+                    rounds += 1;
+                    continue;
                 }
-            }
-        }
-    }
-
-    async fn call<T, F>(&self, what: &str, fut: F) -> Result<T, String>
-    where
-        F: std::future::Future<Output = Result<T, firestore::gcloud_sdk::tonic::Status>>,
-    {
-        match tokio::time::timeout(self.cfg.call_timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(status)) => Err(format!("{what}: {}", code_of(&status))),
-            Err(_) => Err(format!(
-                "{what}: no answer within {} ms",
-                self.cfg.call_timeout.as_millis()
-            )),
-        }
-    }
-
-    /// Release a transaction's locks. Best effort: the server expires it anyway.
-    async fn rollback(&self, tx: Vec<u8>) {
-        let req = pb::RollbackRequest {
-            database: self.db.get_database_path().clone(),
-            transaction: tx,
-            ..Default::default()
-        };
-        let mut client = self.db.client().get();
-        if let Err(e) = self.call("rollback", client.rollback(req)).await {
-            tracing::debug!(error = %e, "rollback failed");
-        }
-    }
-
-    /// Read `docs` in one `BatchGetDocuments`, inside `tx` when given.
-    async fn read(
-        &self,
-        tx: Option<&[u8]>,
-        docs: &[DocRef],
-    ) -> Result<HashMap<DocRef, Option<Fields>>, String> {
-        let selector = tx
-            .map(|t| pb::batch_get_documents_request::ConsistencySelector::Transaction(t.to_vec()));
-        self.read_with(selector, docs).await.1
-    }
-
-    /// Start a read-write transaction with the read itself (`new_transaction`), saving the
-    /// `BeginTransaction` round trip: one RPC fewer per batch, less CPU and latency per order.
-    /// The transaction ID comes back even when the read fails, so it can be released.
-    async fn begin_read(
-        &self,
-        retry: Option<Vec<u8>>,
-        docs: &[DocRef],
-    ) -> (
-        Option<Vec<u8>>,
-        Result<HashMap<DocRef, Option<Fields>>, String>,
-    ) {
-        let options = pb::TransactionOptions {
-            mode: Some(pb::transaction_options::Mode::ReadWrite(
-                pb::transaction_options::ReadWrite {
-                    retry_transaction: retry.unwrap_or_default(),
-                    ..Default::default()
-                },
-            )),
-        };
-        let selector =
-            pb::batch_get_documents_request::ConsistencySelector::NewTransaction(options);
-        match self.read_with(Some(selector), docs).await {
-            (None, Ok(_)) => (None, Err("read: no transaction was started".into())),
-            other => other,
-        }
-    }
-
-    async fn read_with(
-        &self,
-        selector: Option<pb::batch_get_documents_request::ConsistencySelector>,
-        docs: &[DocRef],
-    ) -> (
-        Option<Vec<u8>>,
-        Result<HashMap<DocRef, Option<Fields>>, String>,
-    ) {
-        let root = self.db.get_documents_path();
-        let by_path: HashMap<String, &DocRef> =
-            docs.iter().map(|d| (d.full_path(root), d)).collect();
-        let req = pb::BatchGetDocumentsRequest {
-            database: self.db.get_database_path().clone(),
-            documents: by_path.keys().cloned().collect(),
-            consistency_selector: selector,
-            ..Default::default()
-        };
-        let mut client = self.db.client().get();
-        let mut tx: Option<Vec<u8>> = None;
-        let collect = async {
-            let mut stream = client.batch_get_documents(req).await?.into_inner();
-            let mut out = HashMap::with_capacity(docs.len());
-            while let Some(msg) = stream.message().await? {
-                if !msg.transaction.is_empty() {
-                    tx = Some(msg.transaction);
-                }
-                match msg.result {
-                    Some(pb::batch_get_documents_response::Result::Found(d)) => {
-                        if let Some(r) = by_path.get(&d.name) {
-                            out.insert((*r).clone(), Some(d.fields));
-                        }
-                    }
-                    Some(pb::batch_get_documents_response::Result::Missing(name)) => {
-                        if let Some(r) = by_path.get(&name) {
-                            out.insert((*r).clone(), None);
-                        }
-                    }
-                    None => {}
-                }
-            }
-            Ok(out)
-        };
-        let out = self.call("read", collect).await.and_then(|out| {
-            if out.len() != by_path.len() {
-                return Err(format!(
-                    "read: {} of {} documents answered",
-                    out.len(),
-                    by_path.len()
+                Err(Attempt::ReadMore) => "too many rounds of reads".to_string(),
+                Err(Attempt::Conflict(why)) => why,
+            };
+            attempt += 1;
+            if attempt >= self.cfg.max_attempts {
+                tracing::warn!(attempts = attempt, error = %why, "batch gave up");
+                let e = GuardError::Unavailable(format!(
+                    "not settled after {attempt} attempts: {why}"
                 ));
+                return batch.iter().map(|_| Err(e.clone())).collect();
             }
-            Ok(out)
-        });
-        (tx, out)
-    }
-
-    fn to_pb(&self, w: Write) -> pb::Write {
-        let name = w.doc.full_path(self.db.get_documents_path());
-        let doc = |fields| pb::Document {
-            name: name.clone(),
-            fields,
-            ..Default::default()
-        };
-        let exists = |e| {
-            Some(pb::Precondition {
-                condition_type: Some(pb::precondition::ConditionType::Exists(e)),
-            })
-        };
-        match w.kind {
-            WriteKind::Create(f) => pb::Write {
-                operation: Some(pb::write::Operation::Update(doc(f))),
-                current_document: exists(false),
-                ..Default::default()
-            },
-            WriteKind::Set(f) => pb::Write {
-                operation: Some(pb::write::Operation::Update(doc(f))),
-                ..Default::default()
-            },
-            WriteKind::Update(f) => {
-                let field_paths = f.keys().map(|k| field_path(k)).collect();
-                pb::Write {
-                    operation: Some(pb::write::Operation::Update(doc(f))),
-                    update_mask: Some(pb::DocumentMask { field_paths }),
-                    current_document: exists(true),
-                    ..Default::default()
-                }
-            }
-            WriteKind::Delete => pb::Write {
-                operation: Some(pb::write::Operation::Delete(name.clone())),
-                ..Default::default()
-            },
+            tracing::debug!(attempt, error = %why, "batch retried on fresh reads");
+            tokio::time::sleep(backoff(attempt)).await;
         }
     }
 
-    /// One transaction over the whole batch. `Ok` carries a reply per operation;
-    /// `Err` means nothing was committed and the batch may run again.
+    /// Read everything `docs` names plus what the operations ask for after a first look.
+    async fn read_all(
+        &self,
+        docs: Vec<DocRef>,
+        after: impl Fn(&Snapshot) -> Vec<DocRef>,
+    ) -> Result<HashMap<DocRef, fold::ReadDoc>, Attempt> {
+        let mut read = self
+            .driver
+            .read(&docs)
+            .await
+            .map_err(|e| Attempt::Conflict(e.to_string()))?;
+        let (first, _) = fold::split(&read);
+        let extra: Vec<DocRef> = after(&Snapshot::from_docs(FirestoreInstant::now(), first))
+            .into_iter()
+            .filter(|d| !read.contains_key(d))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !extra.is_empty() {
+            let more = self
+                .driver
+                .read(&extra)
+                .await
+                .map_err(|e| Attempt::Conflict(e.to_string()))?;
+            read.extend(more);
+        }
+        Ok(read)
+    }
+
+    /// One optimistic attempt over the whole batch: read outside any transaction, fold,
+    /// commit once with preconditions. `Ok` carries a reply per operation; `Err` means
+    /// nothing was written and the batch may run again.
     async fn attempt(
         &self,
         batch: &[Pending],
-        retry: Option<Vec<u8>>,
+        extra: &mut Vec<DocRef>,
     ) -> Result<Vec<Reply>, Attempt> {
-        // Every read before any write: the status documents and the operations' documents,
-        // read by the call that starts the transaction.
         let mut docs: Vec<DocRef> = Vec::new();
         let mut seen = HashSet::new();
         for p in batch {
@@ -476,148 +369,53 @@ impl Inner {
                 }
             }
         }
-        let (tx, read) = match self.begin_read(retry, &docs).await {
-            (Some(tx), Ok(r)) => (tx, r),
-            (tx, result) => {
-                if let Some(tx) = tx {
-                    self.rollback(tx).await;
-                }
-                let why = result.err().unwrap_or_default();
-                return Err(Attempt::Retry { why, retry: None });
-            }
-        };
-        let now = FirestoreInstant::now();
-        let mut snapshot = Snapshot::from_docs(now, read);
-        // Second round: documents named by what the first round found, still before any write.
-        let mut extra: Vec<DocRef> = Vec::new();
-        for p in batch {
-            for d in p.op.reads_after(&snapshot) {
-                if !snapshot.has(&d) && seen.insert(d.clone()) {
-                    extra.push(d);
-                }
-            }
+        docs.extend(extra.iter().filter(|d| seen.insert((*d).clone())).cloned());
+        let read = self
+            .read_all(docs, |snap| {
+                batch.iter().flat_map(|p| p.op.reads_after(snap)).collect()
+            })
+            .await?;
+        let entries: Vec<fold::Entry<'_>> = batch
+            .iter()
+            .map(|p| fold::Entry {
+                op: p.op.as_ref(),
+                operation_id: &p.operation_id,
+                delivery: &p.delivery,
+            })
+            .collect();
+        let folded = fold::fold(
+            &entries,
+            &read,
+            &fold::FoldCtx {
+                operations: &self.cfg.operations,
+                retention: self.cfg.retention,
+                now: FirestoreInstant::now(),
+            },
+        );
+        if !folded.more_reads.is_empty() {
+            extra.extend(folded.more_reads);
+            return Err(Attempt::ReadMore);
         }
-        if !extra.is_empty() {
-            match self.read(Some(tx.as_slice()), &extra).await {
-                Ok(r) => snapshot.extend(r),
-                Err(why) => {
-                    self.rollback(tx).await;
-                    return Err(Attempt::Retry { why, retry: None });
-                }
-            }
+        if folded.writes.is_empty() {
+            return Ok(folded.replies);
         }
-
-        // Decide each operation in order on the evolving snapshot.
-        let mut writes: Vec<pb::Write> = Vec::new();
-        let mut decided: HashMap<&str, StatusRecord> = HashMap::new();
-        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
-        let mut needs_commit: Vec<bool> = Vec::with_capacity(batch.len());
-        for p in batch {
-            let fingerprint = p.op.fingerprint().to_hex();
-            let status_ref = self.status_ref(&p.operation_id);
-            let (existing, in_batch) = match decided.get(p.operation_id.as_str()) {
-                Some(r) => (Some(r.clone()), true),
-                None => match snapshot.get::<StatusRecord>(&status_ref) {
-                    Ok(r) => (r, false),
-                    Err(e) => {
-                        replies.push(Err(e.into()));
-                        needs_commit.push(false);
-                        continue;
-                    }
-                },
-            };
-            if let Some(record) = existing {
-                needs_commit.push(in_batch);
-                replies.push(if record.fingerprint == fingerprint {
-                    Ok(Outcome {
-                        operation_id: p.operation_id.clone(),
-                        replayed: true,
-                        record,
-                    })
-                } else {
-                    Err(GuardError::KeyReused {
-                        operation_id: p.operation_id.clone(),
-                    })
-                });
-                continue;
-            }
-            let decision = match p.op.decide(&snapshot) {
-                Ok(d) => d,
-                Err(e) => {
-                    replies.push(Err(e.into()));
-                    needs_commit.push(false);
-                    continue;
-                }
-            };
-            let record = record::build(
-                RecordInput {
-                    operation_id: &p.operation_id,
-                    kind: p.op.kind(),
-                    key: p.op.key(),
-                    fingerprint,
-                    delivery: &p.delivery,
-                    now,
-                    retention: self.cfg.retention,
-                },
-                &decision,
-            );
-            let status_write = match Write::create(status_ref, &record) {
-                Ok(w) => w,
-                Err(e) => {
-                    replies.push(Err(e.into()));
-                    needs_commit.push(false);
-                    continue;
-                }
-            };
-            let op_writes = match decision {
-                Decision::Apply { writes, .. } => writes,
-                Decision::Reject(_) => Vec::new(),
-            };
-            for w in op_writes.into_iter().chain(std::iter::once(status_write)) {
-                snapshot.apply(&w);
-                writes.push(self.to_pb(w));
-            }
-            decided.insert(&p.operation_id, record.clone());
-            replies.push(Ok(Outcome {
-                operation_id: p.operation_id.clone(),
-                replayed: false,
-                record,
-            }));
-            needs_commit.push(true);
+        let hook = lock(&self.before_commit).take();
+        if let Some(hook) = hook {
+            hook().await;
         }
-
-        if writes.is_empty() {
-            self.rollback(tx).await;
-            return Ok(replies);
-        }
-        let mut client = self.db.client().get();
-        let commit = pb::CommitRequest {
-            database: self.db.get_database_path().clone(),
-            writes,
-            transaction: tx.clone(),
-            ..Default::default()
-        };
-        match tokio::time::timeout(self.cfg.call_timeout, client.commit(commit)).await {
-            Ok(Ok(_)) => Ok(replies),
-            Ok(Err(status)) if status.code() == Code::Aborted => Err(Attempt::Retry {
-                why: format!("commit: {}", code_of(&status)),
-                retry: Some(tx),
-            }),
-            failed => {
-                // Not ABORTED: the commit may or may not have been applied. Answer "unknown"
-                // for everything that depended on it; the redelivery reads the status document.
-                let why = match failed {
-                    Ok(Err(status)) => format!("commit: {}", code_of(&status)),
-                    _ => format!(
-                        "commit: no answer within {} ms",
-                        self.cfg.call_timeout.as_millis()
-                    ),
-                };
+        match self.driver.commit(folded.writes).await {
+            Ok(()) => Ok(folded.replies),
+            Err(e) if e.is_conflict() => Err(Attempt::Conflict(e.to_string())),
+            Err(e) => {
+                // No answer, or a refusal that is not a conflict: the commit may or may not
+                // have been applied. Answer "unknown" for everything that depended on it; the
+                // redelivery reads the status document.
+                let why = e.to_string();
                 tracing::warn!(error = %why, "commit outcome unknown");
-                self.rollback(tx).await;
-                Ok(replies
+                Ok(folded
+                    .replies
                     .into_iter()
-                    .zip(needs_commit)
+                    .zip(folded.needs_commit)
                     .map(|(r, needed)| {
                         if needed {
                             Err(GuardError::Unavailable(why.clone()))
@@ -629,111 +427,42 @@ impl Inner {
             }
         }
     }
-}
 
-impl Inner {
-    /// One small read-modify-write transaction outside the batching lanes (leases): read
-    /// `docs`, let `decide` choose the writes, commit; retried on contention like the lanes.
+    /// One small read-modify-write outside the batching lanes (leases), done the same
+    /// optimistic way: read `docs`, let `decide` choose the writes, commit them with
+    /// preconditions on every document read (written or verified); retried on conflict.
     async fn transact<R>(
         &self,
         docs: &[DocRef],
         mut decide: impl FnMut(&Snapshot) -> Result<(Vec<Write>, R), GuardError>,
     ) -> Result<R, GuardError> {
-        let mut retry: Option<Vec<u8>> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let why = match self.transact_once(docs, &mut decide, retry.take()).await {
-                Ok(r) => return r,
-                Err(Attempt::Retry { why, retry: r }) => {
-                    retry = r;
-                    why
+            let why = match self.driver.read(docs).await {
+                Err(e) => e.to_string(),
+                Ok(read) => {
+                    let (snap, versions) = fold::split(&read);
+                    let snapshot = Snapshot::from_docs(FirestoreInstant::now(), snap);
+                    let (writes, r) = decide(&snapshot)?;
+                    if writes.is_empty() {
+                        return Ok(r);
+                    }
+                    let guarded = fold::guard(writes, &versions, |_| true);
+                    match self.driver.commit(guarded).await {
+                        Ok(()) => return Ok(r),
+                        Err(e) if e.is_conflict() => e.to_string(),
+                        Err(e) => return Err(GuardError::Unavailable(e.to_string())),
+                    }
                 }
             };
             if attempt >= self.cfg.max_attempts {
                 return Err(GuardError::Unavailable(format!(
-                    "transaction not settled after {attempt} attempts: {why}"
+                    "not settled after {attempt} attempts: {why}"
                 )));
             }
             tokio::time::sleep(backoff(attempt)).await;
         }
-    }
-
-    async fn transact_once<R>(
-        &self,
-        docs: &[DocRef],
-        decide: &mut impl FnMut(&Snapshot) -> Result<(Vec<Write>, R), GuardError>,
-        retry: Option<Vec<u8>>,
-    ) -> Result<Result<R, GuardError>, Attempt> {
-        let tx = self.begin(retry).await?;
-        let read = match self.read(Some(tx.as_slice()), docs).await {
-            Ok(r) => r,
-            Err(why) => {
-                self.rollback(tx).await;
-                return Err(Attempt::Retry { why, retry: None });
-            }
-        };
-        let snapshot = Snapshot::from_docs(FirestoreInstant::now(), read);
-        let (writes, r) = match decide(&snapshot) {
-            Ok(v) => v,
-            Err(e) => {
-                self.rollback(tx).await;
-                return Ok(Err(e));
-            }
-        };
-        if writes.is_empty() {
-            self.rollback(tx).await;
-            return Ok(Ok(r));
-        }
-        let commit = pb::CommitRequest {
-            database: self.db.get_database_path().clone(),
-            writes: writes.into_iter().map(|w| self.to_pb(w)).collect(),
-            transaction: tx.clone(),
-            ..Default::default()
-        };
-        let mut client = self.db.client().get();
-        match tokio::time::timeout(self.cfg.call_timeout, client.commit(commit)).await {
-            Ok(Ok(_)) => Ok(Ok(r)),
-            Ok(Err(status)) if status.code() == Code::Aborted => Err(Attempt::Retry {
-                why: format!("commit: {}", code_of(&status)),
-                retry: Some(tx),
-            }),
-            Ok(Err(status)) => {
-                self.rollback(tx).await;
-                Ok(Err(GuardError::Unavailable(format!(
-                    "commit: {}",
-                    code_of(&status)
-                ))))
-            }
-            Err(_) => {
-                self.rollback(tx).await;
-                Ok(Err(GuardError::Unavailable(
-                    "commit: no answer in time".into(),
-                )))
-            }
-        }
-    }
-
-    async fn begin(&self, retry: Option<Vec<u8>>) -> Result<Vec<u8>, Attempt> {
-        let mut client = self.db.client().get();
-        let begin = pb::BeginTransactionRequest {
-            database: self.db.get_database_path().clone(),
-            options: Some(pb::TransactionOptions {
-                mode: Some(pb::transaction_options::Mode::ReadWrite(
-                    pb::transaction_options::ReadWrite {
-                        retry_transaction: retry.unwrap_or_default(),
-                        ..Default::default()
-                    },
-                )),
-            }),
-            ..Default::default()
-        };
-        Ok(self
-            .call("begin", client.begin_transaction(begin))
-            .await
-            .map_err(|why| Attempt::Retry { why, retry: None })?
-            .into_inner()
-            .transaction)
     }
 }
 
@@ -743,12 +472,7 @@ impl Guard {
     /// that is already done.
     pub async fn lookup(&self, operation_id: &str) -> Result<Option<StatusRecord>, GuardError> {
         let doc = self.inner.status_ref(operation_id);
-        let read = self
-            .inner
-            .read(None, std::slice::from_ref(&doc))
-            .await
-            .map_err(GuardError::Unavailable)?;
-        let snapshot = Snapshot::from_docs(FirestoreInstant::now(), read);
+        let snapshot = self.read_docs(std::slice::from_ref(&doc)).await?;
         Ok(snapshot.get::<StatusRecord>(&doc)?)
     }
 
@@ -756,10 +480,12 @@ impl Guard {
     pub async fn read_docs(&self, docs: &[DocRef]) -> Result<Snapshot, GuardError> {
         let read = self
             .inner
-            .read(None, docs)
+            .driver
+            .read(docs)
             .await
-            .map_err(GuardError::Unavailable)?;
-        Ok(Snapshot::from_docs(FirestoreInstant::now(), read))
+            .map_err(|e| GuardError::Unavailable(e.to_string()))?;
+        let (docs, _) = fold::split(&read);
+        Ok(Snapshot::from_docs(FirestoreInstant::now(), docs))
     }
 
     /// Create `doc` unless it exists; `Ok(false)` when it already did. For records that must
@@ -769,21 +495,25 @@ impl Guard {
         doc: DocRef,
         value: &T,
     ) -> Result<bool, GuardError> {
-        let write = self.inner.to_pb(Write::create(doc, value)?);
-        let commit = pb::CommitRequest {
-            database: self.inner.db.get_database_path().clone(),
-            writes: vec![write],
-            ..Default::default()
+        let write = fold::Guarded::Write {
+            write: Write::create(doc, value)?,
+            precondition: fold::Precondition::Exists(false),
         };
-        let mut client = self.inner.db.client().get();
-        match self.inner.call("create", client.commit(commit)).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.contains("AlreadyExists") || e.contains("FailedPrecondition") => Ok(false),
-            Err(e) => Err(GuardError::Unavailable(e)),
+        match self.inner.driver.commit(vec![write]).await {
+            Ok(()) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.code,
+                    Some(Code::AlreadyExists | Code::FailedPrecondition)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(GuardError::Unavailable(e.to_string())),
         }
     }
 
-    /// Run a small read-modify-write transaction (see `lease`).
+    /// Run a small read-modify-write (see `lease`).
     pub(crate) async fn transact<R>(
         &self,
         docs: &[DocRef],
@@ -796,20 +526,11 @@ impl Guard {
     pub fn status_ref(&self, operation_id: &str) -> DocRef {
         self.inner.status_ref(operation_id)
     }
-}
 
-/// A top-level field name as a Firestore field path: simple names stay bare, others are
-/// backquoted with `\` and `` ` `` escaped.
-fn field_path(name: &str) -> String {
-    let simple = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if simple {
-        name.to_string()
-    } else {
-        format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+    /// Test seam: run `hook` once, between the next batch's fold and its commit, so a test can
+    /// change a document the batch read and prove the conflict is retried on fresh reads.
+    pub fn before_next_commit(&self, hook: CommitHook) {
+        *lock(&self.inner.before_commit) = Some(hook);
     }
 }
 
@@ -818,20 +539,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn field_paths_are_quoted_when_needed() {
-        assert_eq!(field_path("stock"), "stock");
-        assert_eq!(field_path("_a1"), "_a1");
-        assert_eq!(field_path("1a"), "`1a`");
-        assert_eq!(field_path("a.b"), "`a.b`");
-        assert_eq!(field_path("a`b"), "`a\\`b`");
-    }
-
-    #[test]
     fn backoff_grows_and_is_capped() {
         for a in 1..20 {
             let d = backoff(a);
             assert!(d <= Duration::from_millis(1000));
-            assert!(d >= Duration::from_millis(10));
+            assert!(d >= Duration::from_millis(2));
         }
     }
 }

@@ -3,7 +3,7 @@
 //! An [`Operation`] never touches Firestore. It names the documents it needs
 //! ([`Operation::reads`]), and from a [`Snapshot`] of them returns a [`Decision`]: the writes
 //! to make and the result to store, or a durable rejection. The [guard](crate::guard) runs
-//! the transaction around it, so an operation cannot forget the status document, the
+//! the commit around it, so an operation cannot forget the status document, the
 //! read-before-write rule, retries or replay.
 //!
 //! Because `decide` is pure, the guard can fold several operations over one evolving snapshot
@@ -14,6 +14,7 @@ pub mod fulfil;
 pub mod order;
 pub mod registry;
 pub mod restock;
+pub mod stock;
 
 pub use registry::{ParseCtx, Registry};
 
@@ -83,9 +84,17 @@ pub enum OpError {
         /// Its ID.
         id: String,
     },
+    /// The decision needs these documents too, which only this snapshot showed (an order
+    /// whose shard and main stock cannot cover it gathers across every shard). Not an error:
+    /// the guard reads them and decides again, still before any write.
+    #[error("needs {} more documents", docs.len())]
+    ReadMore {
+        /// The documents to read as well.
+        docs: Vec<DocRef>,
+    },
 }
 
-/// The documents an operation asked for, as read inside the transaction, with the writes of
+/// The documents an operation asked for, as read before the commit, with the writes of
 /// operations decided earlier in the same batch already applied.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -105,7 +114,7 @@ impl Snapshot {
         }
     }
 
-    /// The decision time, fixed by the guard for the whole transaction so `decide` stays pure.
+    /// The decision time, fixed by the guard for the whole batch so `decide` stays pure.
     pub fn now(&self) -> FirestoreInstant {
         self.now
     }
@@ -145,14 +154,19 @@ impl Snapshot {
             })
     }
 
-    /// Add documents read in a later round of the same transaction.
-    pub(crate) fn extend(&mut self, docs: impl IntoIterator<Item = (DocRef, Option<Fields>)>) {
-        self.docs.extend(docs);
-    }
-
-    /// Whether `doc` was read (present or known missing).
-    pub(crate) fn has(&self, doc: &DocRef) -> bool {
-        self.docs.contains_key(doc)
+    /// `Ok` when every one of `docs` was read; else [`OpError::ReadMore`] naming the others,
+    /// so the guard reads them and calls `decide` again.
+    pub fn require(&self, docs: &[DocRef]) -> Result<(), OpError> {
+        let missing: Vec<DocRef> = docs
+            .iter()
+            .filter(|d| !self.docs.contains_key(*d))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(OpError::ReadMore { docs: missing })
+        }
     }
 
     /// Apply `write` so the next operation in a batch sees it, exactly as Firestore would.
@@ -297,7 +311,7 @@ impl Decision {
 /// A unit of work that must take effect exactly once.
 ///
 /// Implement it for your own kind and hand it to [`crate::guard::Guard::run`]: the guard reads
-/// the status document and [`reads`](Operation::reads) in one transaction, calls
+/// the status document and [`reads`](Operation::reads), calls
 /// [`decide`](Operation::decide) only if the status document is absent, and commits the
 /// decision's writes together with the new status document.
 pub trait Operation: Send + Sync + 'static {
@@ -307,10 +321,10 @@ pub trait Operation: Send + Sync + 'static {
     fn key(&self) -> &str;
     /// sha256 of the canonical payload: a reused key with another payload is refused.
     fn fingerprint(&self) -> Fingerprint;
-    /// Every document `decide` may look at. Read inside the transaction before any write.
+    /// Every document `decide` may look at. Read before any write.
     fn reads(&self) -> Vec<DocRef>;
     /// Documents whose names are only known from the first reads (a cancellation learns the
-    /// order's items from the order). Read in the same transaction, still before any write.
+    /// order's items from the order). Read in a second round, still before any write.
     fn reads_after(&self, _first: &Snapshot) -> Vec<DocRef> {
         Vec::new()
     }

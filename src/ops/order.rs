@@ -2,7 +2,8 @@
 //! business rejection stored as an outcome instead of raised (which would roll back the status
 //! write and make every redelivery try again, forever).
 
-use super::{Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, Stock, Write};
+use super::stock::{ItemStock, Take};
+use super::{Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, Write};
 use crate::config::Collections;
 use crate::guard::key::{hashed_id, is_valid_document_id, Fingerprint};
 use firestore::FirestoreInstant;
@@ -54,6 +55,8 @@ pub struct Order {
     lines: Vec<Line>,
     items: String,
     orders: String,
+    shards: u32,
+    own_shard: u32,
 }
 
 /// The accepted order as stored in `orders/{operation_id}`.
@@ -216,6 +219,8 @@ impl Order {
             lines,
             items: ctx.collections.items.clone(),
             orders: ctx.collections.orders.clone(),
+            shards: ctx.collections.stock_shards,
+            own_shard: ctx.collections.own_shard,
         })
     }
 
@@ -229,8 +234,13 @@ impl Order {
         &self.lines
     }
 
+    #[cfg(test)]
     fn item(&self, id: &str) -> DocRef {
         DocRef::new(&self.items, id)
+    }
+
+    fn stock(&self, id: &str) -> ItemStock {
+        ItemStock::new(&self.items, id, self.shards, self.own_shard)
     }
 }
 
@@ -254,36 +264,36 @@ impl Operation for Order {
     }
 
     fn reads(&self) -> Vec<DocRef> {
-        self.lines.iter().map(|l| self.item(&l.item_id)).collect()
+        self.lines
+            .iter()
+            .flat_map(|l| self.stock(&l.item_id).reads())
+            .collect()
     }
 
     fn decide(&self, snapshot: &Snapshot) -> Result<Decision, OpError> {
-        let mut writes = Vec::with_capacity(self.lines.len() + 1);
+        let mut writes = Vec::with_capacity(self.lines.len() * 2 + 1);
+        // Lines name distinct items (checked at parse), so each reads its own documents.
         for line in &self.lines {
-            let doc = self.item(&line.item_id);
-            let Some(item) = snapshot.get::<Stock>(&doc)? else {
-                return Ok(Decision::reject(
-                    "unknown_item",
-                    format!("item {:?} does not exist", line.item_id),
-                    json!({"item_id": line.item_id}),
-                ));
-            };
-            if item.stock < line.quantity {
-                return Ok(Decision::reject(
-                    "insufficient_stock",
-                    format!(
-                        "item {:?} has {} in stock, the order needs {}",
-                        line.item_id, item.stock, line.quantity
-                    ),
-                    json!({"item_id": line.item_id, "available": item.stock, "requested": line.quantity}),
-                ));
+            match self.stock(&line.item_id).take(snapshot, line.quantity)? {
+                Take::Unknown => {
+                    return Ok(Decision::reject(
+                        "unknown_item",
+                        format!("item {:?} does not exist", line.item_id),
+                        json!({"item_id": line.item_id}),
+                    ))
+                }
+                Take::Short { available } => {
+                    return Ok(Decision::reject(
+                        "insufficient_stock",
+                        format!(
+                            "item {:?} has {} in stock, the order needs {}",
+                            line.item_id, available, line.quantity
+                        ),
+                        json!({"item_id": line.item_id, "available": available, "requested": line.quantity}),
+                    ))
+                }
+                Take::Writes(w) => writes.extend(w),
             }
-            writes.push(Write::update(
-                doc,
-                &Stock {
-                    stock: item.stock - line.quantity,
-                },
-            )?);
         }
         let order_doc = DocRef::new(&self.orders, hashed_id(self.kind(), &self.order_id));
         writes.push(Write::create(
@@ -309,7 +319,10 @@ mod tests {
     use crate::ops::Fields;
 
     fn cols() -> Collections {
-        Collections::default()
+        Collections {
+            stock_shards: 0,
+            ..Collections::default()
+        }
     }
 
     fn parse(v: Value) -> Result<Order, ValidationError> {

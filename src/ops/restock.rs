@@ -2,6 +2,7 @@
 
 use super::order::ValidationError;
 use super::registry::{doc_id_field, object, positive_field};
+use super::stock::ItemStock;
 use super::{Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, Stock, Write};
 use crate::guard::key::Fingerprint;
 use serde::Serialize;
@@ -10,13 +11,15 @@ use serde_json::{json, Map};
 /// Largest quantity one restock may add.
 pub const MAX_RESTOCK: i64 = 1_000_000_000;
 
-/// `{restock_id, item_id, quantity}`: `items/{item_id}.stock += quantity`, once.
+/// `{restock_id, item_id, quantity}`: `items/{item_id}.stock += quantity`, once. The units go
+/// to the main document; the answer's `stock` is the item's total (main and every shard).
 #[derive(Clone, Debug)]
 pub struct Restock {
     key: String,
     item_id: String,
     quantity: i64,
     items: String,
+    shards: u32,
 }
 
 #[derive(Serialize)]
@@ -45,11 +48,16 @@ impl Restock {
             item_id,
             quantity,
             items: ctx.collections.items.clone(),
+            shards: ctx.collections.stock_shards,
         })
     }
 
     fn item(&self) -> DocRef {
         DocRef::new(&self.items, &self.item_id)
+    }
+
+    fn stock(&self) -> ItemStock {
+        ItemStock::new(&self.items, &self.item_id, self.shards, 0)
     }
 }
 
@@ -76,24 +84,32 @@ impl Operation for Restock {
     }
 
     fn reads(&self) -> Vec<DocRef> {
-        vec![self.item()]
+        self.stock().all()
     }
 
     fn decide(&self, snapshot: &Snapshot) -> Result<Decision, OpError> {
-        let Some(item) = snapshot.get::<Stock>(&self.item())? else {
+        let (Some(item), Some(total)) = (
+            snapshot.get::<Stock>(&self.item())?,
+            self.stock().total(snapshot)?,
+        ) else {
             return Ok(Decision::reject(
                 "unknown_item",
                 format!("item {:?} does not exist", self.item_id),
                 json!({"item_id": self.item_id}),
             ));
         };
-        let stock = item.stock.saturating_add(self.quantity);
+        let stock = total.saturating_add(self.quantity);
         let mut result = Map::new();
         result.insert("item_id".into(), json!(self.item_id));
         result.insert("added".into(), json!(self.quantity));
         result.insert("stock".into(), json!(stock));
         Ok(Decision::Apply {
-            writes: vec![Write::update(self.item(), &Stock { stock })?],
+            writes: vec![Write::update(
+                self.item(),
+                &Stock {
+                    stock: item.stock.saturating_add(self.quantity),
+                },
+            )?],
             result,
         })
     }
@@ -108,7 +124,10 @@ mod tests {
 
     #[test]
     fn restock_adds_once_and_rejects_unknown_items() {
-        let c = Collections::default();
+        let c = Collections {
+            stock_shards: 0,
+            ..Collections::default()
+        };
         let ctx = ParseCtx {
             collections: &c,
             fallback_key: None,

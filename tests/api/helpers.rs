@@ -50,6 +50,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     /// The service's fault switches.
     pub faults: Arc<Faults>,
+    /// The service's guard (for its test seams).
+    pub guard: Guard,
     /// Emulator REST root of this project's documents.
     pub rest: String,
 }
@@ -120,7 +122,7 @@ pub async fn spawn_app_full(
     let mut config = Config::default();
     tweak(&mut config);
     let guard = guard_for(&project, &config, api_url).await;
-    let mut state = AppState::new(guard, config, project.clone());
+    let mut state = AppState::new(guard.clone(), config, project.clone());
     customize(&mut state);
     let faults = state.faults.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -131,6 +133,7 @@ pub async fn spawn_app_full(
         rest: format!("http://{host}/v1/projects/{project}/databases/(default)/documents"),
         http: reqwest::Client::new(),
         faults,
+        guard,
     }
 }
 
@@ -182,10 +185,11 @@ impl TestApp {
         Some(r.json().await.unwrap())
     }
 
-    /// Current stock of an item.
+    /// Current total stock of an item: its main document plus every stock shard.
     pub async fn stock(&self, id: &str) -> Option<i64> {
         let d = self.doc("items", id).await?;
-        d["fields"]["stock"]["integerValue"].as_str()?.parse().ok()
+        let main: i64 = d["fields"]["stock"]["integerValue"].as_str()?.parse().ok()?;
+        Some(main + shard_units(&self.http, &self.rest, id).await)
     }
 
     /// Every document of a collection (REST, paged).
@@ -231,6 +235,16 @@ pub async fn list_documents(
     }
 }
 
+/// Units held by the stock shards `items/{id}/shards/*` (0 when there are none).
+pub async fn shard_units(http: &reqwest::Client, rest: &str, id: &str) -> i64 {
+    let col = format!("items/{}/shards", urlencode(id));
+    list_documents(http, rest, &col, Some("stock"))
+        .await
+        .iter()
+        .filter_map(|d| d["fields"]["stock"]["integerValue"].as_str()?.parse::<i64>().ok())
+        .sum()
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -265,6 +279,11 @@ pub enum Link {
     /// Forward everything, each chunk sent towards the emulator this much later: Firestore
     /// is slow, so a request can be caught in flight.
     Slow(std::time::Duration),
+    /// Forward requests, drop every answer: the service's reads and commits reach Firestore
+    /// (a commit is applied) but it never learns their outcome. A connection that lost an
+    /// answer stays deaf; once the link is `Up` again it is closed towards the service, so
+    /// the service reconnects (its upstream end is kept open, as a front end would).
+    DropAnswers,
 }
 
 /// A TCP proxy in front of the emulator that a test can cut, to make Firestore fail for one
@@ -275,9 +294,24 @@ pub struct FaultProxy {
     link: tokio::sync::watch::Sender<Link>,
 }
 
+/// How long a held upstream connection outlives its client (longer than Firestore's 60 s
+/// idle expiry of a transaction, so nothing the client left open is released early).
+const HOLD_UPSTREAM: std::time::Duration = std::time::Duration::from_secs(90);
+
 impl FaultProxy {
     /// Start a proxy to `upstream` (host:port).
     pub async fn start(upstream: String) -> Self {
+        Self::start_with(upstream, false).await
+    }
+
+    /// Start a proxy that keeps each upstream connection open after its client is gone (a
+    /// killed instance): on production a dead instance's connection ends at Google's front
+    /// end, not at Firestore, so the emulator must not learn of the death either.
+    pub async fn start_holding(upstream: String) -> Self {
+        Self::start_with(upstream, true).await
+    }
+
+    async fn start_with(upstream: String, hold: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (link, rx) = tokio::sync::watch::channel(Link::Up);
@@ -292,20 +326,22 @@ impl FaultProxy {
                     let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
                     };
-                    let (from_client, mut to_client) = inbound.split();
-                    let (mut from_upstream, to_upstream) = out.split();
+                    let (from_client, to_client) = inbound.split();
+                    let (from_upstream, to_upstream) = out.split();
                     let link = rx.clone();
+                    let back_link = rx.clone();
                     let both_ways = async {
-                        let back = async {
-                            let _ = tokio::io::copy(&mut from_upstream, &mut to_client).await;
-                            let _ = tokio::io::AsyncWriteExt::shutdown(&mut to_client).await;
-                        };
-                        tokio::join!(delayed_copy(from_client, to_upstream, link), back)
+                        let back = answers(from_upstream, to_client, back_link);
+                        tokio::join!(delayed_copy(from_client, to_upstream, link, hold), back)
                     };
                     tokio::select! {
                         _ = both_ways => {}
                         _ = rx.wait_for(|l| *l == Link::Down) => {}
                     }
+                    if hold {
+                        tokio::time::sleep(HOLD_UPSTREAM).await;
+                    }
+                    drop(out);
                 });
             }
         });
@@ -318,12 +354,50 @@ impl FaultProxy {
     }
 }
 
+/// Copy Firestore's answers to the client, unless [`Link::DropAnswers`] swallows them (then
+/// the connection stays deaf, and is closed towards the client once the link is back up).
+async fn answers(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    mut link: tokio::sync::watch::Receiver<Link>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut deaf = *link.borrow() == Link::DropAnswers;
+    loop {
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            changed = link.changed(), if deaf => {
+                if changed.is_err() || *link.borrow() != Link::DropAnswers {
+                    break;
+                }
+                continue;
+            }
+        };
+        if *link.borrow() == Link::DropAnswers {
+            deaf = true;
+        }
+        if deaf {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
 /// Copy `from` to `to`, holding each chunk back by the delay of [`Link::Slow`] when it is
 /// read. Chunks keep their order and are delayed in parallel (pure latency, no throttling).
+/// With `hold`, the end of `from` is not passed on (the upstream never sees the client go).
 async fn delayed_copy(
     mut from: impl tokio::io::AsyncRead + Unpin,
     mut to: impl tokio::io::AsyncWrite + Unpin,
     link: tokio::sync::watch::Receiver<Link>,
+    hold: bool,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
@@ -352,7 +426,9 @@ async fn delayed_copy(
                 return;
             }
         }
-        let _ = to.shutdown().await;
+        if !hold {
+            let _ = to.shutdown().await;
+        }
     };
     tokio::join!(reader, writer);
 }

@@ -10,5 +10,6 @@ mod operate;
 mod orders;
 mod pubsub_e2e;
 mod reliability;
+mod scale_out;
 mod status;
 mod tasks;

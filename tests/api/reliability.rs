@@ -1048,3 +1048,232 @@ fn workloads_are_deterministic_and_can_run_out() {
     let scarce: i64 = a.initial.values().filter(|s| **s < 1000).sum();
     assert_eq!(scarce, 50);
 }
+
+/// One order sent during a scale-out fault scenario.
+struct Sent {
+    instance: usize,
+    at: Instant,
+    answer: Answer,
+}
+
+/// Clients per instance keep ordering one unit of `hot` with fresh order IDs until `stop`.
+async fn sell_hot(
+    http: &reqwest::Client,
+    urls: &[String],
+    per_instance: usize,
+    stop: Instant,
+) -> Vec<(Value, Sent)> {
+    let next = AtomicUsize::new(0);
+    let clients = (0..urls.len() * per_instance).map(|c| {
+        let (next, instance) = (&next, c % urls.len());
+        let url = &urls[instance];
+        async move {
+            let mut out = Vec::new();
+            while Instant::now() < stop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let body = json!({"order_id": format!("h-{i}"), "item_id": "hot", "quantity": 1});
+                let at = Instant::now();
+                let answer = post_json(http, url, &body).await;
+                out.push((body, Sent { instance, at, answer }));
+            }
+            out
+        }
+    });
+    futures::future::join_all(clients)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The survivor's orders sent from `from` on: all 200, none slower than 2 s. Returns how many
+/// and the slowest.
+fn survivor_kept_selling(sent: &[(Value, Sent)], survivor: usize, from: Instant) -> (usize, Duration) {
+    let after: Vec<&Sent> = sent
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.instance == survivor && s.at >= from)
+        .collect();
+    let slowest = after.iter().map(|s| s.answer.latency).max().unwrap_or_default();
+    for s in &after {
+        assert_eq!(
+            s.answer.status, 200,
+            "the survivor answered {} after the fault: {:?}",
+            s.answer.status, s.answer.body
+        );
+    }
+    assert!(
+        slowest <= Duration::from_secs(2),
+        "a request to the survivor waited {slowest:?}"
+    );
+    assert!(after.len() > 20, "the survivor sold only {} orders", after.len());
+    (after.len(), slowest)
+}
+
+/// Redeliver every order whose answer was a 5xx (or none) to `url` until each settles, then
+/// check the invariants.
+async fn settle_and_check(
+    http: &reqwest::Client,
+    url: &str,
+    project: &str,
+    sent: Vec<(Value, Sent)>,
+    initial: &StockMap,
+) -> (usize, Report) {
+    let orders: Vec<Value> = sent.iter().map(|(b, _)| b.clone()).collect();
+    let mut ledger = ledger(sent.into_iter().enumerate().map(|(i, (_, s))| (i, s.answer)));
+    let unavailable = all_answers(&ledger).filter(|a| a.failed()).count();
+    redeliver(http, &[url.to_string()], &orders, &mut ledger, 20).await;
+    let (ok, rejected, left) = settle(&ledger, orders.len());
+    assert_eq!(left, 0, "no 5xx left after redelivery");
+    let report = check(project, None, initial).await;
+    assert!(report.ok(), "{report}");
+    assert_eq!((report.orders, report.rejected), (ok, rejected));
+    (unavailable, report)
+}
+
+/// Scenario 5 (issue 12): two instances sell one hot item; one is SIGKILLed mid-flight. Its
+/// Firestore connection goes through a proxy that keeps the upstream end open (as Google's
+/// front end would), so nothing the dead instance left could be released early. Nothing is
+/// locked between a read and a commit any more, so the survivor keeps selling at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_instance_strands_nothing_the_survivor_keeps_selling() {
+    let started = Instant::now();
+    let fs = emulator_host();
+    let proxy = FaultProxy::start_holding(fs.to_string()).await;
+    let via = proxy.url.trim_start_matches("http://").to_string();
+    let project = project();
+    let log = Arc::new(LogCount::default());
+    let mut doomed = Instance::start(
+        free_port(),
+        &project,
+        &via,
+        &[("ONCE_INSTANCE_ID", "0")],
+        log.clone(),
+    )
+    .await;
+    let survivor = Instance::start(
+        free_port(),
+        &project,
+        fs,
+        &[("ONCE_INSTANCE_ID", "1")],
+        log.clone(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let initial: StockMap = [("hot".to_string(), 1_000_000)].into();
+    seed(&http, &rest_root(fs, &project), &initial).await;
+    let urls = [
+        format!("{}/orders", doomed.url),
+        format!("{}/orders", survivor.url),
+    ];
+    let stop = Instant::now() + Duration::from_secs(if long() { 20 } else { 8 });
+    let killer = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let at = Instant::now();
+        doomed.kill().await;
+        at
+    };
+    let (sent, killed_at) = tokio::join!(sell_hot(&http, &urls, 4, stop), killer);
+    let (n, slowest) = survivor_kept_selling(&sent, 1, killed_at + Duration::from_secs(2));
+    let total = sent.len();
+    let (unavailable, report) = settle_and_check(&http, &urls[1], &project, sent, &initial).await;
+    Figures {
+        orders: total,
+        deliveries: total,
+        faults: format!(
+            "SIGKILL of one of two instances selling one hot item (upstream held open); \
+             {n} survivor orders from 2 s after the kill, slowest {} ms",
+            slowest.as_millis()
+        ),
+        unavailable,
+        violations: report.violations.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        ..Figures::default()
+    }
+    .print("scale-out-kill");
+}
+
+/// Scenario 6 (issue 12): one of two instances selling one hot item loses every answer from
+/// Firestore for 3 s: reads whose answer never comes (under read-write transactions, the
+/// read that began one) and commits applied without their answer. The survivor keeps selling;
+/// the deaf instance answers 503 and recovers; the redelivery settles every unknown outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answers_strand_nothing_the_other_instance_keeps_selling() {
+    let started = Instant::now();
+    let fs = emulator_host();
+    let proxy = FaultProxy::start_holding(fs.to_string()).await;
+    let via = proxy.url.trim_start_matches("http://").to_string();
+    let project = project();
+    let log = Arc::new(LogCount::default());
+    let deaf = Instance::start(
+        free_port(),
+        &project,
+        &via,
+        &[
+            ("ONCE_INSTANCE_ID", "0"),
+            ("ONCE_FIRESTORE_TIMEOUT_MS", "500"),
+            ("ONCE_REQUEST_TIMEOUT_MS", "2000"),
+        ],
+        log.clone(),
+    )
+    .await;
+    let other = Instance::start(
+        free_port(),
+        &project,
+        fs,
+        &[("ONCE_INSTANCE_ID", "1")],
+        log.clone(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let initial: StockMap = [("hot".to_string(), 1_000_000)].into();
+    seed(&http, &rest_root(fs, &project), &initial).await;
+    let urls = [
+        format!("{}/orders", deaf.url),
+        format!("{}/orders", other.url),
+    ];
+    let stop = Instant::now() + Duration::from_secs(9);
+    let fault = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let at = Instant::now();
+        proxy.set(Link::DropAnswers);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        proxy.set(Link::Up);
+        (at, Instant::now())
+    };
+    let (sent, (dropped_at, resumed_at)) = tokio::join!(sell_hot(&http, &urls, 4, stop), fault);
+    let (n, slowest) = survivor_kept_selling(&sent, 1, dropped_at);
+    let during = sent
+        .iter()
+        .filter(|(_, s)| s.instance == 0 && s.at >= dropped_at && s.at < resumed_at)
+        .count();
+    let deaf_503 = sent
+        .iter()
+        .filter(|(_, s)| s.instance == 0 && s.answer.status == 503)
+        .count();
+    let recovered = sent
+        .iter()
+        .filter(|(_, s)| {
+            s.instance == 0 && s.at >= resumed_at + Duration::from_secs(1) && s.answer.status == 200
+        })
+        .count();
+    assert!(deaf_503 > 0, "the deaf instance answered 503 while its answers were lost");
+    assert!(recovered > 0, "the deaf instance sold again after the link came back");
+    let total = sent.len();
+    let (unavailable, report) = settle_and_check(&http, &urls[1], &project, sent, &initial).await;
+    Figures {
+        orders: total,
+        deliveries: total,
+        faults: format!(
+            "every Firestore answer to one of two instances dropped for 3 s ({during} of its \
+             orders sent then, {deaf_503} answered 503); the other sold {n} orders meanwhile \
+             and after, slowest {} ms; the deaf one sold {recovered} again from 1 s after",
+            slowest.as_millis()
+        ),
+        unavailable,
+        violations: report.violations.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        ..Figures::default()
+    }
+    .print("scale-out-lost-answers");
+}
