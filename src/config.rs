@@ -316,7 +316,10 @@ mod tests {
         );
         assert!(c.collections.own_shard < DEFAULT_STOCK_SHARDS);
         let c = cfg(&[("ONCE_INSTANCE_ID", "5"), ("ONCE_STOCK_SHARDS", "4")]).unwrap();
-        assert_eq!((c.collections.stock_shards, c.collections.own_shard), (4, 1));
+        assert_eq!(
+            (c.collections.stock_shards, c.collections.own_shard),
+            (4, 1)
+        );
         assert_eq!(shard_of("rev-abc", 0), 0);
         assert_eq!(shard_of("rev-abc", 8), shard_of("rev-abc", 8));
         assert_eq!(c.database_id, "(default)");

@@ -703,8 +703,10 @@ mod tests {
         );
         assert!(check(&s, &init).ok());
         // A shard that lost a unit no order holds is a mismatch; one below zero is named.
-        s.shards
-            .insert("a".into(), [("0".to_string(), Ok(-1)), ("3".to_string(), Ok(5))].into());
+        s.shards.insert(
+            "a".into(),
+            [("0".to_string(), Ok(-1)), ("3".to_string(), Ok(5))].into(),
+        );
         let r = check(&s, &init);
         let names: Vec<String> = r.violations.iter().map(|v| v.to_string()).collect();
         assert!(names.iter().any(|n| n.contains("a/shards/0")), "{names:?}");

@@ -511,8 +511,13 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 /// Where orders go: the service over HTTP or the raw transaction in-process.
 #[derive(Clone)]
 enum Target {
-    Http { http: reqwest::Client, url: String },
-    Raw { db: FirestoreDb },
+    Http {
+        http: reqwest::Client,
+        url: String,
+    },
+    Raw {
+        db: FirestoreDb,
+    },
     /// Several service instances: client `c` talks to instance `c mod n` only.
     Spread(Vec<Target>),
 }

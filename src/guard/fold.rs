@@ -243,7 +243,9 @@ pub fn fold(entries: &[Entry<'_>], read: &HashMap<DocRef, ReadDoc>, ctx: &FoldCt
         Vec::new()
     } else {
         let operations = ctx.operations;
-        guard(writes, &versions, |d| rejected && d.collection != operations)
+        guard(writes, &versions, |d| {
+            rejected && d.collection != operations
+        })
     };
     Folded {
         replies,

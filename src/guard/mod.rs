@@ -313,9 +313,8 @@ impl Inner {
             attempt += 1;
             if attempt >= self.cfg.max_attempts {
                 tracing::warn!(attempts = attempt, error = %why, "batch gave up");
-                let e = GuardError::Unavailable(format!(
-                    "not settled after {attempt} attempts: {why}"
-                ));
+                let e =
+                    GuardError::Unavailable(format!("not settled after {attempt} attempts: {why}"));
                 return batch.iter().map(|_| Err(e.clone())).collect();
             }
             tracing::debug!(attempt, error = %why, "batch retried on fresh reads");
@@ -501,12 +500,7 @@ impl Guard {
         };
         match self.inner.driver.commit(vec![write]).await {
             Ok(()) => Ok(true),
-            Err(e)
-                if matches!(
-                    e.code,
-                    Some(Code::AlreadyExists | Code::FailedPrecondition)
-                ) =>
-            {
+            Err(e) if matches!(e.code, Some(Code::AlreadyExists | Code::FailedPrecondition)) => {
                 Ok(false)
             }
             Err(e) => Err(GuardError::Unavailable(e.to_string())),

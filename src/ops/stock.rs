@@ -50,8 +50,14 @@ impl ItemStock {
         let col = shard_collection(items, id);
         Self {
             main: DocRef::new(items, id),
-            shards: (0..shards).map(|k| DocRef::new(&col, k.to_string())).collect(),
-            own: if shards == 0 { 0 } else { (own % shards) as usize },
+            shards: (0..shards)
+                .map(|k| DocRef::new(&col, k.to_string()))
+                .collect(),
+            own: if shards == 0 {
+                0
+            } else {
+                (own % shards) as usize
+            },
         }
     }
 
@@ -230,7 +236,10 @@ mod tests {
         assert_eq!(after(&mut s, t), [sh(0), it.main().clone(), sh(2)]);
         assert_eq!(it.total(&s).unwrap(), Some(3));
         // Short by one across everything: rejected with the true total.
-        assert!(matches!(it.take(&s, 4).unwrap(), Take::Short { available: 3 }));
+        assert!(matches!(
+            it.take(&s, 4).unwrap(),
+            Take::Short { available: 3 }
+        ));
         for d in it.all() {
             assert!(units(&s, &d) >= 0);
         }
@@ -243,7 +252,10 @@ mod tests {
         let mut s = snap(vec![(it.main().clone(), n(2))]);
         let t = it.take(&s, 2).unwrap();
         assert_eq!(after(&mut s, t), [it.main().clone()]);
-        assert!(matches!(it.take(&s, 1).unwrap(), Take::Short { available: 0 }));
+        assert!(matches!(
+            it.take(&s, 1).unwrap(),
+            Take::Short { available: 0 }
+        ));
         let gone = snap(vec![(it.main().clone(), None)]);
         assert!(matches!(it.take(&gone, 1).unwrap(), Take::Unknown));
     }

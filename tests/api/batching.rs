@@ -7,9 +7,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// Firestore answers again after being cut; keep the guard retrying long enough to see it.
+/// (A cut link refuses at once; the call budget only has to cover a loaded machine's commit
+/// of a whole batch, its rejections verifying every stock shard.)
 fn patient(c: &mut firestore_once::config::Config) {
     c.max_attempts = 30;
-    c.firestore_timeout = Duration::from_millis(500);
+    c.firestore_timeout = Duration::from_millis(2000);
     c.request_timeout = Duration::from_secs(30);
 }
 

@@ -188,7 +188,10 @@ impl TestApp {
     /// Current total stock of an item: its main document plus every stock shard.
     pub async fn stock(&self, id: &str) -> Option<i64> {
         let d = self.doc("items", id).await?;
-        let main: i64 = d["fields"]["stock"]["integerValue"].as_str()?.parse().ok()?;
+        let main: i64 = d["fields"]["stock"]["integerValue"]
+            .as_str()?
+            .parse()
+            .ok()?;
         Some(main + shard_units(&self.http, &self.rest, id).await)
     }
 
@@ -241,7 +244,12 @@ pub async fn shard_units(http: &reqwest::Client, rest: &str, id: &str) -> i64 {
     list_documents(http, rest, &col, Some("stock"))
         .await
         .iter()
-        .filter_map(|d| d["fields"]["stock"]["integerValue"].as_str()?.parse::<i64>().ok())
+        .filter_map(|d| {
+            d["fields"]["stock"]["integerValue"]
+                .as_str()?
+                .parse::<i64>()
+                .ok()
+        })
         .sum()
 }
 

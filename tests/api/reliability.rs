@@ -1076,7 +1076,14 @@ async fn sell_hot(
                 let answer = post_json(http, url, &body).await;
                 // No answer at all: the instance is gone; its platform stops routing to it.
                 let gone = answer.status == 599;
-                out.push((body, Sent { instance, at, answer }));
+                out.push((
+                    body,
+                    Sent {
+                        instance,
+                        at,
+                        answer,
+                    },
+                ));
                 if gone {
                     break;
                 }
@@ -1093,13 +1100,21 @@ async fn sell_hot(
 
 /// The survivor's orders sent from `from` on: all 200, none slower than 2 s. Returns how many
 /// and the slowest.
-fn survivor_kept_selling(sent: &[(Value, Sent)], survivor: usize, from: Instant) -> (usize, Duration) {
+fn survivor_kept_selling(
+    sent: &[(Value, Sent)],
+    survivor: usize,
+    from: Instant,
+) -> (usize, Duration) {
     let after: Vec<&Sent> = sent
         .iter()
         .map(|(_, s)| s)
         .filter(|s| s.instance == survivor && s.at >= from)
         .collect();
-    let slowest = after.iter().map(|s| s.answer.latency).max().unwrap_or_default();
+    let slowest = after
+        .iter()
+        .map(|s| s.answer.latency)
+        .max()
+        .unwrap_or_default();
     let mut lat: Vec<Duration> = after.iter().map(|s| s.answer.latency).collect();
     lat.sort();
     println!(
@@ -1118,7 +1133,11 @@ fn survivor_kept_selling(sent: &[(Value, Sent)], survivor: usize, from: Instant)
         slowest <= Duration::from_secs(2),
         "a request to the survivor waited {slowest:?}"
     );
-    assert!(after.len() > 20, "the survivor sold only {} orders", after.len());
+    assert!(
+        after.len() > 20,
+        "the survivor sold only {} orders",
+        after.len()
+    );
     (after.len(), slowest)
 }
 
@@ -1132,7 +1151,11 @@ async fn settle_and_check(
     initial: &StockMap,
 ) -> (usize, Report) {
     let orders: Vec<Value> = sent.iter().map(|(b, _)| b.clone()).collect();
-    let mut ledger = ledger(sent.into_iter().enumerate().map(|(i, (_, s))| (i, s.answer)));
+    let mut ledger = ledger(
+        sent.into_iter()
+            .enumerate()
+            .map(|(i, (_, s))| (i, s.answer)),
+    );
     let unavailable = all_answers(&ledger).filter(|a| a.failed()).count();
     redeliver(http, &[url.to_string()], &orders, &mut ledger, 20).await;
     let (ok, rejected, left) = settle(&ledger, orders.len());
@@ -1269,8 +1292,14 @@ async fn lost_answers_strand_nothing_the_other_instance_keeps_selling() {
             s.instance == 0 && s.at >= resumed_at + Duration::from_secs(1) && s.answer.status == 200
         })
         .count();
-    assert!(deaf_503 > 0, "the deaf instance answered 503 while its answers were lost");
-    assert!(recovered > 0, "the deaf instance sold again after the link came back");
+    assert!(
+        deaf_503 > 0,
+        "the deaf instance answered 503 while its answers were lost"
+    );
+    assert!(
+        recovered > 0,
+        "the deaf instance sold again after the link came back"
+    );
     let total = sent.len();
     let (unavailable, report) = settle_and_check(&http, &urls[1], &project, sent, &initial).await;
     Figures {

@@ -124,9 +124,11 @@ async fn a_status_document_that_appeared_meanwhile_is_replayed() {
 #[tokio::test]
 async fn the_last_units_are_gathered_across_shards() {
     let project = project();
-    let shards = |own| move |c: &mut firestore_once::config::Config| {
-        c.collections.stock_shards = 4;
-        c.collections.own_shard = own;
+    let shards = |own| {
+        move |c: &mut firestore_once::config::Config| {
+            c.collections.stock_shards = 4;
+            c.collections.own_shard = own;
+        }
     };
     let a = spawn_app_with(project.clone(), shards(0)).await;
     let b = spawn_app_with(project.clone(), shards(1)).await;
@@ -200,11 +202,7 @@ async fn a_hot_item_sold_through_three_instances_under_a_storm_sells_exactly_its
         .await;
     // Redeliver anything that got a 5xx, as a platform would.
     for round in 0..20 {
-        let todo: Vec<usize> = answers
-            .iter()
-            .filter(|a| a.1 >= 500)
-            .map(|a| a.0)
-            .collect();
+        let todo: Vec<usize> = answers.iter().filter(|a| a.1 >= 500).map(|a| a.0).collect();
         if todo.is_empty() {
             break;
         }
@@ -217,11 +215,17 @@ async fn a_hot_item_sold_through_three_instances_under_a_storm_sells_exactly_its
     let mut by_order = std::collections::BTreeMap::new();
     for (i, s) in &answers {
         let prev = by_order.insert(*i, *s);
-        assert!(prev.is_none() || prev == Some(*s), "order {i}: {prev:?} then {s}");
+        assert!(
+            prev.is_none() || prev == Some(*s),
+            "order {i}: {prev:?} then {s}"
+        );
     }
     let processed = by_order.values().filter(|s| **s == 200).count();
     let rejected = by_order.values().filter(|s| **s == 409).count();
-    assert_eq!((processed, rejected), (stock as usize, orders - stock as usize));
+    assert_eq!(
+        (processed, rejected),
+        (stock as usize, orders - stock as usize)
+    );
     let (main, shards) = layout(&apps[0], "hot").await;
     assert_eq!(main + shards.iter().sum::<i64>(), 0);
     assert!(main >= 0 && shards.iter().all(|s| *s >= 0));
