@@ -122,19 +122,19 @@ pub struct Folded {
     pub more_reads: Vec<DocRef>,
 }
 
-/// The snapshot and versions of what was read.
-pub fn split(read: &HashMap<DocRef, ReadDoc>) -> (Vec<(DocRef, Option<Fields>)>, Versions) {
+/// Split what was read into the documents (for a [`Snapshot`]) and their versions.
+pub fn split(read: HashMap<DocRef, ReadDoc>) -> (Vec<(DocRef, Option<Fields>)>, Versions) {
     let mut docs = Vec::with_capacity(read.len());
     let mut versions = HashMap::with_capacity(read.len());
     for (d, r) in read {
         match r {
             Some((f, v)) => {
-                docs.push((d.clone(), Some(f.clone())));
-                versions.insert(d.clone(), v.clone());
+                versions.insert(d.clone(), v);
+                docs.push((d, Some(f)));
             }
             None => {
-                docs.push((d.clone(), None));
                 versions.insert(d.clone(), Version::Missing);
+                docs.push((d, None));
             }
         }
     }
@@ -144,10 +144,13 @@ pub fn split(read: &HashMap<DocRef, ReadDoc>) -> (Vec<(DocRef, Option<Fields>)>,
 /// Version of every document read.
 pub type Versions = HashMap<DocRef, Version>;
 
-/// Decide every entry in order on one evolving snapshot of `read`.
-pub fn fold(entries: &[Entry<'_>], read: &HashMap<DocRef, ReadDoc>, ctx: &FoldCtx<'_>) -> Folded {
-    let (docs, versions) = split(read);
-    let mut snapshot = Snapshot::from_docs(ctx.now, docs);
+/// Decide every entry in order on one evolving `snapshot` of what was read at `versions`.
+pub fn fold(
+    entries: &[Entry<'_>],
+    mut snapshot: Snapshot,
+    versions: &Versions,
+    ctx: &FoldCtx<'_>,
+) -> Folded {
     let mut writes: Vec<Write> = Vec::new();
     let mut decided: HashMap<&str, StatusRecord> = HashMap::new();
     let mut replies: Vec<Reply> = Vec::with_capacity(entries.len());
@@ -186,7 +189,7 @@ pub fn fold(entries: &[Entry<'_>], read: &HashMap<DocRef, ReadDoc>, ctx: &FoldCt
         let decision = match e.op.decide(&snapshot) {
             Ok(d) => d,
             Err(OpError::ReadMore { docs }) => {
-                more_reads.extend(docs.into_iter().filter(|d| !read.contains_key(d)));
+                more_reads.extend(docs.into_iter().filter(|d| !versions.contains_key(d)));
                 replies.push(Err(GuardError::Unavailable(
                     "decided on a later read".into(),
                 )));
@@ -373,9 +376,11 @@ mod tests {
                     delivery: &self.meta,
                 })
                 .collect();
+            let (docs, versions) = split(read.clone());
             fold(
                 &entries,
-                read,
+                Snapshot::from_docs(FirestoreInstant::now(), docs),
+                &versions,
                 &FoldCtx {
                     operations: "operations",
                     retention: Duration::from_secs(3600),

@@ -326,17 +326,19 @@ impl Inner {
     async fn read_all(
         &self,
         docs: Vec<DocRef>,
+        now: FirestoreInstant,
         after: impl Fn(&Snapshot) -> Vec<DocRef>,
-    ) -> Result<HashMap<DocRef, fold::ReadDoc>, Attempt> {
-        let mut read = self
+    ) -> Result<(Snapshot, fold::Versions), Attempt> {
+        let read = self
             .driver
             .read(&docs)
             .await
             .map_err(|e| Attempt::Conflict(e.to_string()))?;
-        let (first, _) = fold::split(&read);
-        let extra: Vec<DocRef> = after(&Snapshot::from_docs(FirestoreInstant::now(), first))
+        let (first, mut versions) = fold::split(read);
+        let mut snapshot = Snapshot::from_docs(now, first);
+        let extra: Vec<DocRef> = after(&snapshot)
             .into_iter()
-            .filter(|d| !read.contains_key(d))
+            .filter(|d| !versions.contains_key(d))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -346,9 +348,11 @@ impl Inner {
                 .read(&extra)
                 .await
                 .map_err(|e| Attempt::Conflict(e.to_string()))?;
-            read.extend(more);
+            let (more, more_versions) = fold::split(more);
+            snapshot.extend(more);
+            versions.extend(more_versions);
         }
-        Ok(read)
+        Ok((snapshot, versions))
     }
 
     /// One optimistic attempt over the whole batch: read outside any transaction, fold,
@@ -369,8 +373,9 @@ impl Inner {
             }
         }
         docs.extend(extra.iter().filter(|d| seen.insert((*d).clone())).cloned());
-        let read = self
-            .read_all(docs, |snap| {
+        let now = FirestoreInstant::now();
+        let (snapshot, versions) = self
+            .read_all(docs, now, |snap| {
                 batch.iter().flat_map(|p| p.op.reads_after(snap)).collect()
             })
             .await?;
@@ -384,11 +389,12 @@ impl Inner {
             .collect();
         let folded = fold::fold(
             &entries,
-            &read,
+            snapshot,
+            &versions,
             &fold::FoldCtx {
                 operations: &self.cfg.operations,
                 retention: self.cfg.retention,
-                now: FirestoreInstant::now(),
+                now,
             },
         );
         if !folded.more_reads.is_empty() {
@@ -441,7 +447,7 @@ impl Inner {
             let why = match self.driver.read(docs).await {
                 Err(e) => e.to_string(),
                 Ok(read) => {
-                    let (snap, versions) = fold::split(&read);
+                    let (snap, versions) = fold::split(read);
                     let snapshot = Snapshot::from_docs(FirestoreInstant::now(), snap);
                     let (writes, r) = decide(&snapshot)?;
                     if writes.is_empty() {
@@ -483,7 +489,7 @@ impl Guard {
             .read(docs)
             .await
             .map_err(|e| GuardError::Unavailable(e.to_string()))?;
-        let (docs, _) = fold::split(&read);
+        let (docs, _) = fold::split(read);
         Ok(Snapshot::from_docs(FirestoreInstant::now(), docs))
     }
 

@@ -169,6 +169,11 @@ impl Snapshot {
         }
     }
 
+    /// Add documents read in a second round, still before any write.
+    pub(crate) fn extend(&mut self, docs: impl IntoIterator<Item = (DocRef, Option<Fields>)>) {
+        self.docs.extend(docs);
+    }
+
     /// Apply `write` so the next operation in a batch sees it, exactly as Firestore would.
     pub(crate) fn apply(&mut self, write: &Write) {
         let entry = self.docs.entry(write.doc.clone()).or_insert(None);

@@ -212,7 +212,7 @@ mod tests {
         assert_eq!((units(&s, it.main()), units(&s, &own)), (75, 24));
         // Now the shard alone covers it.
         let t = it.take(&s, 3).unwrap();
-        assert_eq!(after(&mut s, t), [own.clone()]);
+        assert_eq!(after(&mut s, t), std::slice::from_ref(&own));
         assert_eq!(units(&s, &own), 21);
     }
 
