@@ -755,10 +755,9 @@ impl FrontProxy {
 /// instance answered as a replay of its own earlier commit (the status document names the
 /// same message ID) was cut between commit and answer.
 ///
-/// Transactions the killed instance left open keep their locks until Firestore expires them
-/// (60 s idle, on the emulator as in production), so orders on those items answer 503 until
-/// then and Pub/Sub redelivers them with back-off: recovery takes about a minute, by design
-/// of the database, and loses or repeats nothing.
+/// The guard holds no transaction (issue 12), so the restarted instance finds nothing locked;
+/// Pub/Sub's back-off on the cut pushes sets the pace of recovery, and nothing is lost or
+/// repeated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_instance_loses_and_repeats_nothing() {
     let (n, items, settle_within) = if long() {
