@@ -35,6 +35,9 @@ fi
 
 echo "fuzz: building the service"
 cargo build --quiet --bin firestore-once
+target_dir=${CARGO_TARGET_DIR:-target}
+case "$target_dir" in /*) ;; *) target_dir=$root/$target_dir ;; esac
+service_bin=$target_dir/debug/firestore-once
 
 started=$SECONDS
 host=$(EMULATOR_OWNER_PID=$$ emulator/start firestore)
@@ -53,7 +56,7 @@ project="fuzz-$(python3 -c 'import uuid; print(uuid.uuid4().hex[:12])')"
 log=$out/service.log
 PORT=$port GOOGLE_CLOUD_PROJECT=$project FIRESTORE_EMULATOR_HOST=$host \
   ONCE_LOG_FORMAT=json RUST_LOG=info RUST_BACKTRACE=1 \
-  "$root/target/debug/firestore-once" > "$log" 2>&1 &
+  "$service_bin" > "$log" 2>&1 &
 service_pid=$!
 base="http://127.0.0.1:$port"
 for _ in $(seq 1 120); do
