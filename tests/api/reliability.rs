@@ -418,12 +418,9 @@ impl OwnEmulator {
             .await
             .unwrap();
         let port = host.rsplit(':').next().unwrap().to_string();
-        let dir = std::env::var("EMULATOR_STATE_DIR").unwrap_or_else(|_| {
-            format!(
-                "{}/firestore-once-emulators",
-                std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into())
-            )
-        });
+        // emulator/start's default: this checkout's target/emulators.
+        let dir = std::env::var("EMULATOR_STATE_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/emulators").into());
         let pgid = std::fs::read_to_string(format!("{dir}/firestore-{port}.pid"))
             .unwrap()
             .trim()
