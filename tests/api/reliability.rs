@@ -2,7 +2,7 @@
 //! killed instance and overload, each ending with the invariant checker reading Firestore.
 //!
 //! Every scenario has a short size, run by `cargo test` and CI, and a long size, the one the
-//! README publishes: `RELIABILITY=long cargo test --test api reliability -- --nocapture`.
+//! docs/reliability.md publishes: `RELIABILITY=long cargo test --test api reliability -- --nocapture`.
 //! Each prints one `reliability:` line with its figures.
 //!
 //! Scenarios 2 to 4 run the real binary as a child process, so a SIGKILL is a real crash and
@@ -34,7 +34,7 @@ fn size_name() -> &'static str {
     }
 }
 
-/// The figures of one run, printed as one line for the README table.
+/// The figures of one run, printed as one line for the table in docs/reliability.md.
 #[derive(Default)]
 struct Figures {
     orders: usize,
