@@ -38,8 +38,14 @@ pub fn start_emulator(kind: &str) -> String {
 
 /// Stop the test binary with one line on stderr: for set-up failures every test shares.
 fn fatal(line: &str) -> ! {
-    eprintln!("error: {line}");
+    say(&format!("error: {line}"));
     std::process::exit(1)
+}
+
+/// One line straight to stderr: `eprintln!` in a test is captured, and lost on `exit`.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Reuse an emulator that is already running instead of starting one (e.g.
@@ -52,10 +58,10 @@ pub const REUSE_VAR: &str = "ONCE_TEST_EMULATOR_HOST";
 pub fn emulator_host() -> &'static str {
     EMULATOR.get_or_init(|| {
         if let Ok(h) = std::env::var("FIRESTORE_EMULATOR_HOST") {
-            eprintln!(
+            say(&format!(
                 "note: ignoring FIRESTORE_EMULATOR_HOST={h}: the tests start their own emulator \
                  (set {REUSE_VAR} to reuse a running one)"
-            );
+            ));
         }
         let host = match std::env::var(REUSE_VAR) {
             Ok(h) if !h.is_empty() => h,
