@@ -3,6 +3,7 @@
 mod batching;
 mod concurrency;
 mod deliveries;
+mod demo;
 mod deploy;
 mod helpers;
 mod hostile;
