@@ -246,7 +246,7 @@ pub fn fold(
         Vec::new()
     } else {
         let operations = ctx.operations;
-        guard(writes, &versions, |d| {
+        guard(writes, versions, |d| {
             rejected && d.collection != operations
         })
     };
