@@ -1,6 +1,8 @@
 //! Integration tests against the real Firestore emulator (one per binary, a project per test).
 
 mod batching;
+mod clients;
+mod console;
 mod concurrency;
 mod deliveries;
 mod deploy;
@@ -9,6 +11,7 @@ mod hostile;
 mod operate;
 mod orders;
 mod pubsub_e2e;
+mod redrive;
 mod reliability;
 mod status;
 mod tasks;
