@@ -11,7 +11,8 @@ use firestore_once::guard::{Guard, GuardConfig};
 use firestore_once::{app, redrive, telemetry, AppState};
 use std::future::IntoFuture;
 
-const REDRIVE_USAGE: &str = "usage: firestore-once redrive [--since RFC3339] [--route /orders|/tasks/KIND] \
+const REDRIVE_USAGE: &str =
+    "usage: firestore-once redrive [--since RFC3339] [--route /orders|/tasks/KIND] \
 [--reason REASON] [--limit N] [--dry-run]
 
 Sends dead letters back through the same decode -> operation -> guard path, in process, and
@@ -58,7 +59,9 @@ fn main() -> anyhow::Result<()> {
     let redrive = match args.first().map(String::as_str) {
         None => None,
         Some("redrive") => Some(redrive_filter(&args[1..])?),
-        Some(other) => anyhow::bail!("unknown command {other:?}; run without arguments to serve, or `redrive --help`"),
+        Some(other) => anyhow::bail!(
+            "unknown command {other:?}; run without arguments to serve, or `redrive --help`"
+        ),
     };
     let config = Config::from_env()?;
     telemetry::init(config.log_format);

@@ -97,7 +97,12 @@ pub async fn run(st: &AppState, filter: &Filter) -> Result<Vec<ItemReport>, Redr
         .fluent()
         .select()
         .from(col.as_str())
-        .filter(move |q| q.for_all([since.and_then(|t| q.field("created_at").greater_than_or_equal(firestore::FirestoreTimestamp(t)))]))
+        .filter(move |q| {
+            q.for_all([since.and_then(|t| {
+                q.field("created_at")
+                    .greater_than_or_equal(firestore::FirestoreTimestamp(t))
+            })])
+        })
         .order(|o| o.fields([o.field("created_at").ascending()]))
         .stream_query_with_errors()
         .await
@@ -172,7 +177,12 @@ fn report(
 }
 
 /// Claim, send, record one dead letter.
-async fn one(st: &AppState, doc: FirestoreDocument, letter: DeadLetter, holder: &str) -> ItemReport {
+async fn one(
+    st: &AppState,
+    doc: FirestoreDocument,
+    letter: DeadLetter,
+    holder: &str,
+) -> ItemReport {
     let now = FirestoreInstant::now();
     let mut state = letter.redrive.clone().unwrap_or_default();
     if state.claimed_by.as_deref().is_some_and(|h| h != holder)
@@ -185,19 +195,38 @@ async fn one(st: &AppState, doc: FirestoreDocument, letter: DeadLetter, holder: 
             &doc,
             &letter,
             "truncated",
-            Some(format!("only {} bytes of the body were kept", letter.body.len())),
+            Some(format!(
+                "only {} bytes of the body were kept",
+                letter.body.len()
+            )),
             None,
         );
     }
     let bytes = match letter.body_bytes() {
         Ok(b) => b,
-        Err(e) => return report(&doc, &letter, "failed", Some(format!("stored body: {e}")), None),
+        Err(e) => {
+            return report(
+                &doc,
+                &letter,
+                "failed",
+                Some(format!("stored body: {e}")),
+                None,
+            )
+        }
     };
     state.claimed_by = Some(holder.to_string());
     state.claim_expires_at = now.saturating_add(CLAIM_TTL).ok();
     let claimed = match write_state(st, &doc.name, &state, doc.update_time).await {
         Ok(Some(t)) => t,
-        Ok(None) => return report(&doc, &letter, "claimed", Some("another redrive claimed it first".into()), None),
+        Ok(None) => {
+            return report(
+                &doc,
+                &letter,
+                "claimed",
+                Some("another redrive claimed it first".into()),
+                None,
+            )
+        }
         Err(e) => return report(&doc, &letter, "unavailable", Some(e), None),
     };
     let headers = header_map(&letter);
@@ -223,7 +252,9 @@ async fn one(st: &AppState, doc: FirestoreDocument, letter: DeadLetter, holder: 
     match write_state(st, &doc.name, &state, Some(claimed)).await {
         Ok(Some(_)) => {}
         // The claim lapsed and another redrive took over; the guard kept the effect single.
-        Ok(None) => tracing::warn!(dead_letter = %line.id, "redrive claim lapsed before its result was recorded"),
+        Ok(None) => {
+            tracing::warn!(dead_letter = %line.id, "redrive claim lapsed before its result was recorded")
+        }
         Err(e) => tracing::warn!(dead_letter = %line.id, error = %e, "redrive result not recorded"),
     }
     line
@@ -233,7 +264,10 @@ async fn one(st: &AppState, doc: FirestoreDocument, letter: DeadLetter, holder: 
 fn header_map(letter: &DeadLetter) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in &letter.headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             h.insert(k, v);
         }
     }
@@ -313,6 +347,10 @@ pub fn render(items: &[ItemReport]) -> String {
         ));
     }
     let totals: Vec<String> = totals.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    out.push_str(&format!("{} dead letters: {}\n", items.len(), totals.join(", ")));
+    out.push_str(&format!(
+        "{} dead letters: {}\n",
+        items.len(),
+        totals.join(", ")
+    ));
     out
 }

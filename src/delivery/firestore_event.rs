@@ -37,18 +37,23 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Payload, DeliveryError> {
     let data = <DocumentEventData as prost::Message>::decode(bytes)
         .map_err(|e| bad(format!("not a DocumentEventData protobuf: {e}")))?;
     // Google's own samples write a delete as a present but empty `value`: absent too.
-    Ok(match data.value.filter(|d| !d.name.is_empty() || !d.fields.is_empty()) {
-        None => deleted(),
-        Some(doc) => Payload::Work {
-            json: Value::Object(
-                doc.fields
-                    .into_iter()
-                    .map(|(k, v)| (k, proto_to_json(v)))
-                    .collect(),
-            ),
-            fallback_key: Some(format!("firestore-document:{}", doc.name)),
+    Ok(
+        match data
+            .value
+            .filter(|d| !d.name.is_empty() || !d.fields.is_empty())
+        {
+            None => deleted(),
+            Some(doc) => Payload::Work {
+                json: Value::Object(
+                    doc.fields
+                        .into_iter()
+                        .map(|(k, v)| (k, proto_to_json(v)))
+                        .collect(),
+                ),
+                fallback_key: Some(format!("firestore-document:{}", doc.name)),
+            },
         },
-    })
+    )
 }
 
 fn deleted() -> Payload {
@@ -329,8 +334,14 @@ mod tests {
             Ok(Payload::Skip { .. })
         ));
         // An empty document is a delete, as Google's samples write one.
-        for empty in [json!({"value": {}}), json!({"value": {"name": "", "fields": {}}})] {
-            assert!(matches!(decode_json(&empty), Ok(Payload::Skip { .. })), "{empty}");
+        for empty in [
+            json!({"value": {}}),
+            json!({"value": {"name": "", "fields": {}}}),
+        ] {
+            assert!(
+                matches!(decode_json(&empty), Ok(Payload::Skip { .. })),
+                "{empty}"
+            );
         }
         assert!(decode_json(&json!({"value": {"fields": {"a": {"stringValue": "x"}}}})).is_err());
         assert!(decode_json(

@@ -209,9 +209,7 @@ pub fn decode_declared(headers: &HeaderMap, body: &[u8], declared: Option<&str>)
                     payload,
                 }
             }
-            _ if pubsub::from_google_push_agent(headers) => {
-                pubsub::decode_unwrapped(headers, body)
-            }
+            _ if pubsub::from_google_push_agent(headers) => pubsub::decode_unwrapped(headers, body),
             other => Delivery {
                 meta: DeliveryMeta {
                     source: "http".into(),

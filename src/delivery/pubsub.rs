@@ -196,7 +196,10 @@ mod tests {
         let h = headers(&[
             ("content-type", "application/x-www-form-urlencoded"),
             ("x-goog-pubsub-message-id", "42"),
-            ("x-goog-pubsub-subscription-name", "projects/p/subscriptions/raw"),
+            (
+                "x-goog-pubsub-subscription-name",
+                "projects/p/subscriptions/raw",
+            ),
             ("x-goog-pubsub-publish-time", "2026-12-03T09:38:46.095Z"),
             ("x-goog-ordering-key", "k1"),
             ("origin", "shop"),
@@ -229,7 +232,10 @@ mod tests {
         let d = decode_request(&h, br#"{"order_id":"o-2"}"#);
         assert_eq!(d.mode, Mode::Direct);
         // Google's push agent, body not an envelope: an unwrapped push.
-        let h = headers(&[("user-agent", "APIs-Google; (+https://developers.google.com/webmasters/APIs-Google.html)")]);
+        let h = headers(&[(
+            "user-agent",
+            "APIs-Google; (+https://developers.google.com/webmasters/APIs-Google.html)",
+        )]);
         let d = decode_request(&h, b"garbage");
         assert_eq!((d.mode, d.meta.source.as_str()), (Mode::Push, "pubsub"));
         assert!(d.payload.is_err());

@@ -411,7 +411,8 @@ pub async fn list_dead_letters(
 }
 
 fn dead_letter_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(id) = id.map_err(|e| ApiError::Validation(ValidationError::new("id", e.body_text())))?;
+    let Path(id) =
+        id.map_err(|e| ApiError::Validation(ValidationError::new("id", e.body_text())))?;
     if !status::is_operation_id(&id) {
         return Err(ApiError::Validation(ValidationError::new(
             "id",

@@ -313,7 +313,9 @@ pub async fn redeliver(
             result: "failed",
             resolved: false,
             operation_id: None,
-            detail: Some(format!("no-route: {route:?} is not /orders or /tasks/{{kind}}")),
+            detail: Some(format!(
+                "no-route: {route:?} is not /orders or /tasks/{{kind}}"
+            )),
         };
     };
     let mut log = Decision::default();
@@ -336,13 +338,14 @@ pub async fn redeliver(
             }
         }
         Answer::Skipped(_) => done("skipped"),
-        Answer::Refused { reason, detail }
-        | Answer::DeadLettered { reason, detail, .. } => Redelivery {
-            result: "failed",
-            resolved: false,
-            operation_id: op.clone(),
-            detail: Some(format!("{reason}: {detail}")),
-        },
+        Answer::Refused { reason, detail } | Answer::DeadLettered { reason, detail, .. } => {
+            Redelivery {
+                result: "failed",
+                resolved: false,
+                operation_id: op.clone(),
+                detail: Some(format!("{reason}: {detail}")),
+            }
+        }
         Answer::Error(e) => Redelivery {
             result: if e.status().is_server_error() {
                 "unavailable"

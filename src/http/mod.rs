@@ -68,7 +68,10 @@ pub fn app(state: AppState) -> Router {
         .route("/operations/{operation_id}", get(status::get_operation))
         .route("/dead-letters", get(console::list_dead_letters))
         .route("/dead-letters/{id}", get(console::get_dead_letter))
-        .route("/dead-letters/{id}/redrive", post(console::redrive_dead_letter))
+        .route(
+            "/dead-letters/{id}/redrive",
+            post(console::redrive_dead_letter),
+        )
         .route("/console", get(console::page))
         .route("/console/console.js", get(console::script))
         .route("/console/console.css", get(console::style))

@@ -24,7 +24,10 @@ async fn events_encoded_by_the_real_client_libraries() {
     // Binary mode: ce-id, ce-source and ce-subject were percent-encoded by the SDK.
     let (s, v) = send("binary_order").await;
     assert_eq!((s, v["outcome"].as_str()), (200, Some("processed")), "{v}");
-    let d = app.doc("operations", &op_id("order", "o-ce-1")).await.unwrap();
+    let d = app
+        .doc("operations", &op_id("order", "o-ce-1"))
+        .await
+        .unwrap();
     assert_eq!(field(&d, &["delivery", "id"]).unwrap(), "evt ce/1 ü");
     let attrs = |d: &Value, k: &str| field(d, &["delivery", "attrs", k]).cloned();
     assert_eq!(attrs(&d, "ce_source").unwrap(), "/shop/eu west");
@@ -33,7 +36,10 @@ async fn events_encoded_by_the_real_client_libraries() {
     // Structured mode records the subject too.
     let (s, v) = send("structured_order").await;
     assert_eq!((s, v["outcome"].as_str()), (200, Some("processed")), "{v}");
-    let d = app.doc("operations", &op_id("order", "o-ce-2")).await.unwrap();
+    let d = app
+        .doc("operations", &op_id("order", "o-ce-2"))
+        .await
+        .unwrap();
     assert_eq!(attrs(&d, "ce_subject").unwrap(), "orders/o-ce-2");
 
     // Firestore events from google-events: protobuf (Eventarc's default) and JSON.
@@ -42,14 +48,22 @@ async fn events_encoded_by_the_real_client_libraries() {
         ("firestore_json_written", "o-fs-json"),
     ] {
         let (s, v) = send(case).await;
-        assert_eq!((s, v["order_id"].as_str()), (200, Some(order)), "{case}: {v}");
+        assert_eq!(
+            (s, v["order_id"].as_str()),
+            (200, Some(order)),
+            "{case}: {v}"
+        );
     }
     assert_eq!(app.stock("apple").await, Some(100 - 1 - 2 - 3 - 4));
 
     // A delete as Google's samples write it (an empty `value`): skipped, not dead-lettered.
     for case in ["firestore_protobuf_deleted", "firestore_json_deleted"] {
         let (s, v) = send(case).await;
-        assert_eq!((s, v["outcome"].as_str()), (200, Some("skipped")), "{case}: {v}");
+        assert_eq!(
+            (s, v["outcome"].as_str()),
+            (200, Some("skipped")),
+            "{case}: {v}"
+        );
     }
     assert!(app.list("dead_letters").await.is_empty());
 
@@ -67,7 +81,10 @@ async fn events_encoded_by_the_real_client_libraries() {
         .decode(field(&letter, &["body"]).unwrap().as_str().unwrap())
         .unwrap();
     let (_, sent) = encoded_case(&cases, "firestore_protobuf_invalid");
-    assert_eq!(stored, sent, "the dead letter keeps the exact protobuf bytes");
+    assert_eq!(
+        stored, sent,
+        "the dead letter keeps the exact protobuf bytes"
+    );
     assert_eq!(
         field(&letter, &["headers", "content-type"]).unwrap(),
         "application/protobuf"

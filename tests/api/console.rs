@@ -101,7 +101,13 @@ async fn console_looks_up_an_order_and_redrives_a_dead_letter_in_chromium() {
         .send_keys("o-console-1")
         .await
         .unwrap();
-    browser.find(Locator::Id("lookup-go")).await.unwrap().click().await.unwrap();
+    browser
+        .find(Locator::Id("lookup-go"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let found = wait(&browser)
         .for_element(Locator::Css("#lookup-result[data-outcome=processed]"))
         .await
@@ -122,7 +128,10 @@ async fn console_looks_up_an_order_and_redrives_a_dead_letter_in_chromium() {
     // Open the dead letter, see its body, redrive it.
     browser.refresh().await.unwrap();
     wait(&browser)
-        .for_element(Locator::Css(&format!("#dl-table tr[data-id='{}']", dead[0])))
+        .for_element(Locator::Css(&format!(
+            "#dl-table tr[data-id='{}']",
+            dead[0]
+        )))
         .await
         .expect("the dead letter is listed")
         .click()
@@ -143,22 +152,40 @@ async fn console_looks_up_an_order_and_redrives_a_dead_letter_in_chromium() {
         .attr("data-state")
         .await
         .unwrap();
-    assert!(matches!(counters.as_deref(), Some("absent" | "live")), "{counters:?}");
+    assert!(
+        matches!(counters.as_deref(), Some("absent" | "live")),
+        "{counters:?}"
+    );
     let shot = browser.screenshot().await.unwrap();
     std::fs::write(
         concat!(env!("CARGO_MANIFEST_DIR"), "/target/console.png"),
         shot,
     )
     .unwrap();
-    browser.find(Locator::Id("dl-redrive")).await.unwrap().click().await.unwrap();
+    browser
+        .find(Locator::Id("dl-redrive"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let result = wait(&browser)
         .for_element(Locator::Css("#dl-redrive-result[data-result]"))
         .await
         .unwrap();
-    assert_eq!(result.attr("data-result").await.unwrap().as_deref(), Some("processed"));
+    assert_eq!(
+        result.attr("data-result").await.unwrap().as_deref(),
+        Some("processed")
+    );
     assert_eq!(app.stock("con-item").await, Some(5 - 2 - 1));
     // A second click finds it resolved and applies nothing.
-    browser.find(Locator::Id("dl-redrive")).await.unwrap().click().await.unwrap();
+    browser
+        .find(Locator::Id("dl-redrive"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait(&browser)
         .for_element(Locator::Css("#dl-redrive-result[data-result=resolved]"))
         .await

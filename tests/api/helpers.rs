@@ -491,9 +491,18 @@ pub fn client_encoded(item: &str) -> serde_json::Map<String, Value> {
             .args(["-m", "venv", "--clear", &venv])
             .status()
             .is_ok_and(|s| s.success());
-        assert!(ok, "the client-encoder tests need python3 with venv (Debian: python3-venv)");
+        assert!(
+            ok,
+            "the client-encoder tests need python3 with venv (Debian: python3-venv)"
+        );
         let out = Command::new(format!("{venv}/bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", "-r", &reqs])
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+                &reqs,
+            ])
             .output()
             .expect("run pip");
         assert!(
@@ -532,7 +541,10 @@ impl TestApp {
 }
 
 /// The headers and body bytes of one encoded case.
-pub fn encoded_case(cases: &serde_json::Map<String, Value>, name: &str) -> (Vec<(String, String)>, Vec<u8>) {
+pub fn encoded_case(
+    cases: &serde_json::Map<String, Value>,
+    name: &str,
+) -> (Vec<(String, String)>, Vec<u8>) {
     use base64::Engine;
     let c = &cases[name];
     let headers = c["headers"]

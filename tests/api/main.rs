@@ -2,8 +2,8 @@
 
 mod batching;
 mod clients;
-mod console;
 mod concurrency;
+mod console;
 mod deliveries;
 mod deploy;
 mod helpers;

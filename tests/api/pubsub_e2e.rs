@@ -141,12 +141,20 @@ async fn unwrapped_push_with_and_without_metadata() {
     assert_eq!(app.stock("i-u").await, Some(100 - 1 - 2 - 4));
     let d = app.doc("operations", &op_id("order", "u-1")).await.unwrap();
     assert_eq!(field(&d, &["delivery", "source"]).unwrap(), "pubsub");
-    assert_eq!(field(&d, &["delivery", "id"]).unwrap(), meta_ids[0].as_str());
     assert_eq!(
-        field(&d, &["delivery", "attrs", "subscription"]).unwrap().as_str(),
+        field(&d, &["delivery", "id"]).unwrap(),
+        meta_ids[0].as_str()
+    );
+    assert_eq!(
+        field(&d, &["delivery", "attrs", "subscription"])
+            .unwrap()
+            .as_str(),
         Some(format!("projects/{}/subscriptions/meta-push", ps_project(&ps)).as_str())
     );
-    assert_eq!(field(&d, &["delivery", "attrs", "ordering_key"]).unwrap(), "cust-1");
+    assert_eq!(
+        field(&d, &["delivery", "attrs", "ordering_key"]).unwrap(),
+        "cust-1"
+    );
     let keyed = op_id("order", &format!("pubsub:{}", meta_ids[1]));
     assert!(app.doc("operations", &keyed).await.is_some());
     let rejected = app.doc("operations", &op_id("order", "u-3")).await.unwrap();
@@ -154,7 +162,9 @@ async fn unwrapped_push_with_and_without_metadata() {
     let letters = app.list("dead_letters").await;
     let garbage = letters
         .iter()
-        .find(|l| field(l, &["delivery", "id"]).map(|v| v.as_str()) == Some(Some(meta_ids[3].as_str())))
+        .find(|l| {
+            field(l, &["delivery", "id"]).map(|v| v.as_str()) == Some(Some(meta_ids[3].as_str()))
+        })
         .expect("the garbage message's dead letter, keyed by its message ID");
     assert_eq!(field(garbage, &["body"]).unwrap(), "this is not an order");
 }

@@ -17,13 +17,21 @@ use std::sync::Arc;
 
 /// The buggy release: the same service, its order parser refusing everything.
 pub async fn buggy_release(project: String) -> TestApp {
-    spawn_app_full(project, |_| {}, None, |st| {
-        let mut r = Registry::with_builtin();
-        r.register("order", |_, _| {
-            Err(ValidationError::new("item_id", "an earlier release could not read this"))
-        });
-        st.registry = Arc::new(r);
-    })
+    spawn_app_full(
+        project,
+        |_| {},
+        None,
+        |st| {
+            let mut r = Registry::with_builtin();
+            r.register("order", |_, _| {
+                Err(ValidationError::new(
+                    "item_id",
+                    "an earlier release could not read this",
+                ))
+            });
+            st.registry = Arc::new(r);
+        },
+    )
     .await
 }
 
@@ -36,7 +44,12 @@ fn envelope(order: &Value, message_id: &str) -> Value {
 }
 
 /// Dead-letter `n` valid orders of 1 unit of `item` through the buggy release.
-pub async fn dead_letter_orders(buggy: &TestApp, prefix: &str, item: &str, n: usize) -> Vec<String> {
+pub async fn dead_letter_orders(
+    buggy: &TestApp,
+    prefix: &str,
+    item: &str,
+    n: usize,
+) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
         let order = json!({"order_id": format!("{prefix}-{i}"), "item_id": item, "quantity": 1});
@@ -88,7 +101,9 @@ fn lines_with<'a>(report: &'a str, word: &str) -> Vec<&'a str> {
 
 async fn redrive_state(app: &TestApp, id: &str) -> Option<Value> {
     let d = app.doc("dead_letters", id).await.unwrap();
-    d["fields"].get("redrive").map(|r| r["mapValue"]["fields"].clone())
+    d["fields"]
+        .get("redrive")
+        .map(|r| r["mapValue"]["fields"].clone())
 }
 
 #[tokio::test]
@@ -121,7 +136,14 @@ async fn command_filters_dry_run_and_a_still_failing_dead_letter() {
     // Route + reason + limit: two of the three orders.
     let (code, out) = redrive_cli(
         &project,
-        &["--route", "/orders", "--reason", "invalid-field", "--limit", "2"],
+        &[
+            "--route",
+            "/orders",
+            "--reason",
+            "invalid-field",
+            "--limit",
+            "2",
+        ],
     );
     assert_eq!(code, 0, "{out}");
     assert_eq!(lines_with(&out, "processed").len(), 2, "{out}");
@@ -185,7 +207,11 @@ async fn two_redrives_at_once_apply_each_dead_letter_once() {
             .collect();
         // Each is sent by one redrive (processed), or by both only if the second found it
         // already applied by the guard (replayed): never applied twice.
-        assert_eq!(sent.iter().filter(|r| **r == "processed").count(), 1, "{id}: {sent:?}");
+        assert_eq!(
+            sent.iter().filter(|r| **r == "processed").count(),
+            1,
+            "{id}: {sent:?}"
+        );
         let st = redrive_state(&buggy, id).await.unwrap();
         assert_eq!(st["resolved"]["booleanValue"], true);
     }
