@@ -123,7 +123,10 @@ pub async fn run(count: usize, service_bin: &Path, emulator: &str) -> Result<Str
     }
     let processed = stdout
         .lines()
-        .filter(|l| l.split_whitespace().nth(3) == Some("processed"))
+        .filter(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() > 3 && w[0].len() == 64 && w[3] == "processed"
+        })
         .count();
     // Each order applied once: total stock taken equals the dead letters redriven.
     let mut taken = 0i64;
