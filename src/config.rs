@@ -40,7 +40,7 @@ pub enum LogFormat {
     Text,
 }
 
-/// Everything the service reads from its environment. See the README's Configuration table.
+/// Everything the service reads from its environment. See docs/configuration.md.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// `PORT`: where to listen (Cloud Run sets it).

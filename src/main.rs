@@ -76,7 +76,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     // One thread by default: the work is waiting on Firestore, and one thread saves the
-    // cross-thread wake-ups that cost more CPU per order than the work itself (see README).
+    // cross-thread wake-ups that cost more CPU per order than the work itself (see docs/performance.md).
     let rt = match config.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -26,6 +26,8 @@ impl Drop for Driver {
     }
 }
 
+// The child is killed and waited for in `Driver::drop`, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 async fn chromedriver() -> Driver {
     let found = |bin: &str| {
         Command::new(bin)

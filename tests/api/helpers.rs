@@ -13,29 +13,60 @@ use std::sync::{Arc, OnceLock};
 static EMULATOR: OnceLock<String> = OnceLock::new();
 
 /// Start a `kind` emulator with `emulator/start`, tied to this process's life; its host:port.
+/// If it cannot start (no Java, no emulator package, a crash), the whole test binary stops at
+/// once with the script's one-line reason: every test needs it, so fifty panics would only
+/// repeat that line.
 pub fn start_emulator(kind: &str) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator/start");
-    let out = std::process::Command::new(script)
+    let out = match std::process::Command::new(script)
         .arg(kind)
         .env("EMULATOR_OWNER_PID", std::process::id().to_string())
         .output()
-        .expect("run emulator/start");
-    assert!(
-        out.status.success(),
-        "emulator/start {kind} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    {
+        Ok(out) => out,
+        Err(e) => fatal(&format!("cannot run {script}: {e}")),
+    };
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr);
+        fatal(&format!(
+            "emulator/start {kind} failed (run emulator/check): {}",
+            why.trim()
+        ));
+    }
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Host:port of the shared emulator, started on first use unless `FIRESTORE_EMULATOR_HOST`
-/// already names one. The emulator is stopped when this process exits.
+/// Stop the test binary with one line on stderr: for set-up failures every test shares.
+fn fatal(line: &str) -> ! {
+    say(&format!("error: {line}"));
+    std::process::exit(1)
+}
+
+/// One line straight to stderr: `eprintln!` in a test is captured, and lost on `exit`.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Reuse an emulator that is already running instead of starting one (e.g.
+/// `ONCE_TEST_EMULATOR_HOST=127.0.0.1:8085 cargo test`): an explicit opt-in, unlike the
+/// `FIRESTORE_EMULATOR_HOST` a gcloud shell leaves set, which the tests never follow.
+pub const REUSE_VAR: &str = "ONCE_TEST_EMULATOR_HOST";
+
+/// Host:port of the shared emulator, started on first use (or `ONCE_TEST_EMULATOR_HOST`).
+/// The emulator is stopped when this process exits.
 pub fn emulator_host() -> &'static str {
     EMULATOR.get_or_init(|| {
         if let Ok(h) = std::env::var("FIRESTORE_EMULATOR_HOST") {
-            return h;
+            say(&format!(
+                "note: ignoring FIRESTORE_EMULATOR_HOST={h}: the tests start their own emulator \
+                 (set {REUSE_VAR} to reuse a running one)"
+            ));
         }
-        let host = start_emulator("firestore");
+        let host = match std::env::var(REUSE_VAR) {
+            Ok(h) if !h.is_empty() => h,
+            _ => start_emulator("firestore"),
+        };
         // Set once, before any client exists; every test reaches this through the OnceLock.
         std::env::set_var("FIRESTORE_EMULATOR_HOST", &host);
         host

@@ -5,6 +5,7 @@ mod clients;
 mod concurrency;
 mod console;
 mod deliveries;
+mod demo;
 mod deploy;
 mod helpers;
 mod hostile;

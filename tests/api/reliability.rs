@@ -2,7 +2,7 @@
 //! killed instance and overload, each ending with the invariant checker reading Firestore.
 //!
 //! Every scenario has a short size, run by `cargo test` and CI, and a long size, the one the
-//! README publishes: `RELIABILITY=long cargo test --test api reliability -- --nocapture`.
+//! docs/reliability.md publishes: `RELIABILITY=long cargo test --test api reliability -- --nocapture`.
 //! Each prints one `reliability:` line with its figures.
 //!
 //! Scenarios 2 to 4 run the real binary as a child process, so a SIGKILL is a real crash and
@@ -34,7 +34,7 @@ fn size_name() -> &'static str {
     }
 }
 
-/// The figures of one run, printed as one line for the README table.
+/// The figures of one run, printed as one line for the table in docs/reliability.md.
 #[derive(Default)]
 struct Figures {
     orders: usize,
@@ -418,12 +418,9 @@ impl OwnEmulator {
             .await
             .unwrap();
         let port = host.rsplit(':').next().unwrap().to_string();
-        let dir = std::env::var("EMULATOR_STATE_DIR").unwrap_or_else(|_| {
-            format!(
-                "{}/firestore-once-emulators",
-                std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into())
-            )
-        });
+        // emulator/start's default: this checkout's target/emulators.
+        let dir = std::env::var("EMULATOR_STATE_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/emulators").into());
         let pgid = std::fs::read_to_string(format!("{dir}/firestore-{port}.pid"))
             .unwrap()
             .trim()

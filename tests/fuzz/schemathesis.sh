@@ -9,6 +9,8 @@
 #   FUZZ_SEED=123 tests/fuzz/schemathesis.sh   replay a run (the seed is printed)
 #
 # Extra arguments go to `schemathesis run` (e.g. --include-path /orders).
+# FIRESTORE_ONCE_BIN=path uses that service binary instead of building one: `cargo build`
+# and `cargo test` resolve dependency features differently, so the build would recompile.
 # Needs python3 (with venv), the Firestore emulator (emulator/check) and PyPI for the first
 # run; the virtualenv is cached under target/fuzz/ so later runs start at once.
 set -euo pipefail
@@ -33,8 +35,15 @@ if [ ! -x "$venv/bin/schemathesis" ] || [ "$(cat "$venv/.pins" 2>/dev/null)" != 
   echo "$pins" > "$venv/.pins"
 fi
 
-echo "fuzz: building the service"
-cargo build --quiet --bin firestore-once
+if [ -n "${FIRESTORE_ONCE_BIN:-}" ]; then
+  service_bin=$FIRESTORE_ONCE_BIN   # built already (.ci/run passes the one cargo test built)
+else
+  echo "fuzz: building the service"
+  cargo build --quiet --bin firestore-once
+  target_dir=${CARGO_TARGET_DIR:-target}
+  case "$target_dir" in /*) ;; *) target_dir=$root/$target_dir ;; esac
+  service_bin=$target_dir/debug/firestore-once
+fi
 
 started=$SECONDS
 host=$(EMULATOR_OWNER_PID=$$ emulator/start firestore)
@@ -53,7 +62,7 @@ project="fuzz-$(python3 -c 'import uuid; print(uuid.uuid4().hex[:12])')"
 log=$out/service.log
 PORT=$port GOOGLE_CLOUD_PROJECT=$project FIRESTORE_EMULATOR_HOST=$host \
   ONCE_LOG_FORMAT=json RUST_LOG=info RUST_BACKTRACE=1 \
-  "$root/target/debug/firestore-once" > "$log" 2>&1 &
+  "$service_bin" > "$log" 2>&1 &
 service_pid=$!
 base="http://127.0.0.1:$port"
 for _ in $(seq 1 120); do
@@ -69,15 +78,15 @@ done
 # Items the generated orders can actually buy (the examples name them).
 docs="http://$host/v1/projects/$project/databases/(default)/documents"
 for item in apple pear plum; do
-  curl -fsS -m 10 -X POST "$docs/items?documentId=$item" -H 'content-type: application/json' \
+  curl -fsS -m 60 -X POST "$docs/items?documentId=$item" -H 'content-type: application/json' \
     -d '{"fields":{"stock":{"integerValue":"1000"}}}' > /dev/null
 done
 # The README's example order, so the status query's example ID names a real operation.
-curl -fsS -m 10 -X POST "$base/orders" -H 'content-type: application/json' \
+curl -fsS -m 60 -X POST "$base/orders" -H 'content-type: application/json' \
   -d '{"order_id":"o-1","item_id":"apple","quantity":2}' > /dev/null
 
 echo "fuzz: validating the document as OpenAPI 3.1 (served and committed)"
-curl -fsS -m 10 "$base/openapi.json" > "$out/served-openapi.json"
+curl -fsS -m 60 "$base/openapi.json" > "$out/served-openapi.json"
 "$venv/bin/python" - "$out/served-openapi.json" openapi.json <<'EOF'
 import json, sys
 from openapi_spec_validator import validate
