@@ -102,6 +102,7 @@ pub enum OutcomeFilter {
 #[into_params(parameter_in = Query)]
 pub struct OperationsQuery {
     /// Only this outcome.
+    #[param(inline)]
     pub outcome: Option<OutcomeFilter>,
     /// Only this kind (`order`, `restock`, `fulfil_order.ship`…).
     pub kind: Option<String>,
