@@ -76,6 +76,7 @@ pub mod guard;
 pub mod http;
 pub mod invariants;
 pub mod ops;
+pub mod redrive;
 pub mod telemetry;
 
 pub use http::{app, AppState};

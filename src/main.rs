@@ -1,16 +1,80 @@
 //! The Cloud Run binary: configuration from the environment, JSON logs, graceful shutdown
 //! bounded by `ONCE_SHUTDOWN_GRACE_MS`.
+//!
+//! `firestore-once` (no arguments) serves; `firestore-once redrive [...]` sends dead letters
+//! back through the guard (see `firestore-once redrive --help`).
 
 use anyhow::Context;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use firestore_once::config::{resolve_project_id, Config};
 use firestore_once::guard::{Guard, GuardConfig};
-use firestore_once::{app, telemetry, AppState};
+use firestore_once::{app, redrive, telemetry, AppState};
 use std::future::IntoFuture;
 
+const REDRIVE_USAGE: &str =
+    "usage: firestore-once redrive [--since RFC3339] [--route /orders|/tasks/KIND] \
+[--reason REASON] [--limit N] [--dry-run]
+
+Sends dead letters back through the same decode -> operation -> guard path, in process, and
+prints one line per dead letter (id, route, reason, result). Reads the same environment as the
+service (GOOGLE_CLOUD_PROJECT, FIRESTORE_DATABASE, ONCE_*_COLLECTION, FIRESTORE_EMULATOR_HOST).
+Exit status: 0 when nothing still fails, 2 when some dead letter still failed, 1 on error.";
+
+fn redrive_filter(args: &[String]) -> anyhow::Result<redrive::Filter> {
+    let mut f = redrive::Filter::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value\n{REDRIVE_USAGE}"))
+        };
+        match a.as_str() {
+            "--since" => {
+                let v = value("--since")?;
+                f.since = Some(
+                    v.parse()
+                        .with_context(|| format!("--since {v:?} is not an RFC 3339 time"))?,
+                );
+            }
+            "--route" => f.route = Some(value("--route")?),
+            "--reason" => f.reason = Some(value("--reason")?),
+            "--limit" => {
+                let v = value("--limit")?;
+                f.limit = Some(v.parse().with_context(|| format!("--limit {v:?}"))?);
+            }
+            "--dry-run" => f.dry_run = true,
+            "-h" | "--help" => {
+                println!("{REDRIVE_USAGE}");
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument {other:?}\n{REDRIVE_USAGE}"),
+        }
+    }
+    Ok(f)
+}
+
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let redrive = match args.first().map(String::as_str) {
+        None => None,
+        Some("redrive") => Some(redrive_filter(&args[1..])?),
+        Some(other) => anyhow::bail!(
+            "unknown command {other:?}; run without arguments to serve, or `redrive --help`"
+        ),
+    };
     let config = Config::from_env()?;
     telemetry::init(config.log_format);
+    if let Some(filter) = redrive {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let still_failing = rt.block_on(run_redrive(config, filter))?;
+        if still_failing {
+            std::process::exit(2);
+        }
+        return Ok(());
+    }
     // One thread by default: the work is waiting on Firestore, and one thread saves the
     // cross-thread wake-ups that cost more CPU per order than the work itself (see docs/performance.md).
     let rt = match config.worker_threads {
@@ -34,7 +98,17 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+/// `firestore-once redrive`: true when some dead letter still failed.
+async fn run_redrive(config: Config, filter: redrive::Filter) -> anyhow::Result<bool> {
+    let (state, _) = connect(config).await?;
+    let items = redrive::run(&state, &filter).await?;
+    print!("{}", redrive::render(&items));
+    Ok(items
+        .iter()
+        .any(|i| i.result == "failed" || i.result == "unavailable"))
+}
+
+async fn connect(config: Config) -> anyhow::Result<(AppState, String)> {
     let project_id = resolve_project_id(&config).await?;
     let db = FirestoreDb::with_options(
         FirestoreDbOptions::new(project_id.clone())
@@ -54,6 +128,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
             replay_cache_bytes: config.replay_cache_bytes,
         },
     );
+    Ok((AppState::new(guard, config, project_id.clone()), project_id))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let (state, project_id) = connect(config).await?;
+    let config = &state.config;
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port))
         .await
         .with_context(|| format!("binding port {}", config.port))?;
@@ -66,7 +146,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         own_shard = config.collections.own_shard,
         "serving"
     );
-    let state = AppState::new(guard, config, project_id);
     // Two stages: on SIGTERM axum stops accepting and drains in-flight requests; the grace
     // timer bounds the drain, so the process exits 0 on its own before Cloud Run's SIGKILL
     // (10 s after SIGTERM) instead of being killed mid-write with unflushed logs.

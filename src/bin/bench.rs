@@ -13,6 +13,9 @@
 //! cargo build --release --bins && target/release/bench --smoke    # CI: a few seconds
 //! ```
 //!
+//! `--only redrive` runs the redrive scenario instead (`bench/redrive.rs`: 10,000 dead letters,
+//! `--redrive-count N` to change it) and prints dead letters per second.
+//!
 //! Options: `--secs N` (measured seconds per run, default 5), `--smoke`, `--only 1,2,3b`
 //! (some scenarios), `--service-env K=V` (extra environment for the service, for experiments),
 //! `--out FILE` (also write the table there). `ONCE_TEST_EMULATOR_HOST=host:port` reuses a
@@ -26,6 +29,9 @@
 //! The service's CPU per order is utime+stime from `/proc/<pid>/stat` over the measured phase
 //! divided by the orders answered; its peak RSS is `VmHWM` from `/proc/<pid>/status`. For the
 //! baseline rows the CPU column is this process's own CPU (the in-process client's cost).
+
+#[path = "bench/redrive.rs"]
+mod redrive;
 
 use anyhow::{anyhow, bail, Context, Result};
 use firestore::{FirestoreDb, FirestoreDbOptions};
@@ -129,6 +135,8 @@ struct Args {
     /// `--long`: N = 8 too in the N-instance scenarios.
     long: bool,
     out: Option<PathBuf>,
+    /// Dead letters of the redrive scenario (`--only redrive`).
+    redrive_count: usize,
 }
 
 fn args() -> Result<Args> {
@@ -139,6 +147,7 @@ fn args() -> Result<Args> {
         smoke: false,
         long: false,
         out: None,
+        redrive_count: 10_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -165,6 +174,12 @@ fn args() -> Result<Args> {
                 a.service_env.push((k.to_string(), v.to_string()));
             }
             "--out" => a.out = Some(it.next().context("--out needs a file")?.into()),
+            "--redrive-count" => {
+                a.redrive_count = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .context("--redrive-count needs a number")?
+            }
             "-h" | "--help" => {
                 println!("usage: bench [--smoke] [--long] [--secs N] [--only 1,2,3,3b,4,4r,5,5r] [--service-env K=V]... [--out FILE]");
                 std::process::exit(0);
@@ -325,6 +340,13 @@ fn scenarios(smoke: bool, long: bool, only_scale: bool) -> Vec<Scenario> {
 
 async fn run(args: Args, service_bin: PathBuf, emulator: String) -> Result<()> {
     tokio::spawn(stop_children_on_signal());
+    if args.only.iter().any(|o| o == "redrive") {
+        let line = redrive::run(args.redrive_count, &service_bin, &emulator).await?;
+        if let Some(path) = &args.out {
+            std::fs::write(path, format!("{line}\n"))?;
+        }
+        return Ok(());
+    }
     let http = reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(256)

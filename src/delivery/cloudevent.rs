@@ -31,6 +31,7 @@ struct Event {
     id: String,
     source: String,
     ty: String,
+    subject: Option<String>,
     content_type: String,
     data: Option<Data>,
 }
@@ -42,10 +43,23 @@ fn env(field: &str, m: impl Into<String>) -> DeliveryError {
     }
 }
 
+/// A `ce-*` header value, percent-decoded as the CloudEvents HTTP binding writes them (space,
+/// `"`, `%` and everything outside printable ASCII are percent-encoded by conforming senders).
+/// `None` when absent; an encoding that does not decode to UTF-8 is an envelope error.
+pub fn ce_header(headers: &HeaderMap, name: &str) -> Option<Result<String, DeliveryError>> {
+    let raw = header(headers, name)?;
+    Some(
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map(|v| v.into_owned())
+            .map_err(|_| env(name, "is not percent-encoded UTF-8")),
+    )
+}
+
 fn binary(headers: &HeaderMap, body: &[u8]) -> Result<Event, DeliveryError> {
     let req = |h: &str| -> Result<String, DeliveryError> {
-        match header(headers, h) {
-            Some(v) if !v.trim().is_empty() => Ok(v.to_string()),
+        match ce_header(headers, h).transpose()? {
+            Some(v) if !v.trim().is_empty() => Ok(v),
             _ => Err(env(h, "is required")),
         }
     };
@@ -60,6 +74,7 @@ fn binary(headers: &HeaderMap, body: &[u8]) -> Result<Event, DeliveryError> {
         id: req("ce-id")?,
         source: req("ce-source")?,
         ty: req("ce-type")?,
+        subject: ce_header(headers, "ce-subject").transpose()?,
         content_type: header(headers, "content-type").unwrap_or("").to_string(),
         data: (!body.is_empty()).then(|| Data::Bytes(body.to_vec())),
     })
@@ -96,6 +111,11 @@ fn structured(body: &[u8]) -> Result<(Event, Value), DeliveryError> {
         id: s("id")?,
         source: s("source")?,
         ty: s("type")?,
+        subject: match v.get("subject") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(x)) => Some(x.clone()),
+            Some(_) => return Err(env("subject", "must be a string")),
+        },
         content_type: v
             .get("datacontenttype")
             .and_then(Value::as_str)
@@ -123,7 +143,7 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Delivery {
         ..Default::default()
     };
     let event = if headers.contains_key("ce-specversion") {
-        meta.id = header(headers, "ce-id").map(str::to_string);
+        meta.id = ce_header(headers, "ce-id").and_then(Result::ok);
         binary(headers, body)
     } else {
         structured(body).map(|(e, _)| e)
@@ -132,8 +152,8 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Delivery {
         meta.id = Some(e.id.clone());
         meta.attrs.insert("ce_source".into(), e.source.clone());
         meta.attrs.insert("ce_type".into(), e.ty.clone());
-        if let Some(subject) = header(headers, "ce-subject") {
-            meta.attrs.insert("ce_subject".into(), subject.to_string());
+        if let Some(subject) = &e.subject {
+            meta.attrs.insert("ce_subject".into(), subject.clone());
         }
         let ce_key = format!("cloudevent:{}/{}", e.source, e.id);
         if e.ty == PUBSUB_PUBLISHED {

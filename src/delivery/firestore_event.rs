@@ -36,20 +36,49 @@ fn bad(message: String) -> DeliveryError {
 pub fn decode_protobuf(bytes: &[u8]) -> Result<Payload, DeliveryError> {
     let data = <DocumentEventData as prost::Message>::decode(bytes)
         .map_err(|e| bad(format!("not a DocumentEventData protobuf: {e}")))?;
-    Ok(match data.value {
-        None => Payload::Skip {
-            reason: "document deleted: no order to process".into(),
+    // Google's own samples write a delete as a present but empty `value`: absent too.
+    Ok(
+        match data
+            .value
+            .filter(|d| !d.name.is_empty() || !d.fields.is_empty())
+        {
+            None => deleted(),
+            Some(doc) => Payload::Work {
+                json: Value::Object(
+                    doc.fields
+                        .into_iter()
+                        .map(|(k, v)| (k, proto_to_json(v)))
+                        .collect(),
+                ),
+                fallback_key: Some(format!("firestore-document:{}", doc.name)),
+            },
         },
-        Some(doc) => Payload::Work {
-            json: Value::Object(
-                doc.fields
-                    .into_iter()
-                    .map(|(k, v)| (k, proto_to_json(v)))
-                    .collect(),
-            ),
-            fallback_key: Some(format!("firestore-document:{}", doc.name)),
-        },
-    })
+    )
+}
+
+fn deleted() -> Payload {
+    Payload::Skip {
+        reason: "document deleted: no order to process".into(),
+    }
+}
+
+/// A JSON document with neither a name nor fields (`{}`, or `{"name":"","fields":{}}` as
+/// protobuf's JSON printer writes an empty `Document`).
+fn is_empty_json_doc(doc: &Value) -> bool {
+    let Some(o) = doc.as_object() else {
+        return false;
+    };
+    let name_empty = match o.get("name") {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        Some(_) => false,
+    };
+    let fields_empty = match o.get("fields") {
+        None | Some(Value::Null) => true,
+        Some(Value::Object(f)) => f.is_empty(),
+        Some(_) => false,
+    };
+    name_empty && fields_empty
 }
 
 fn proto_to_json(v: pb::Value) -> Value {
@@ -86,10 +115,11 @@ pub fn decode_json(v: &Value) -> Result<Payload, DeliveryError> {
     let obj = v
         .as_object()
         .ok_or_else(|| bad("DocumentEventData must be a JSON object".into()))?;
-    let Some(doc) = obj.get("value").filter(|d| !d.is_null()) else {
-        return Ok(Payload::Skip {
-            reason: "document deleted: no order to process".into(),
-        });
+    let Some(doc) = obj
+        .get("value")
+        .filter(|d| !d.is_null() && !is_empty_json_doc(d))
+    else {
+        return Ok(deleted());
     };
     let name = doc
         .get("name")
@@ -266,6 +296,14 @@ mod tests {
             decode_protobuf(&deleted.encode_to_vec()),
             Ok(Payload::Skip { .. })
         ));
+        let empty = DocumentEventData {
+            value: Some(pb::Document::default()),
+            old_value: data.value.clone(),
+            ..Default::default()
+        };
+        let bytes = empty.encode_to_vec();
+        assert_eq!(&bytes[..2], &[0x0a, 0x00], "value present, empty");
+        assert!(matches!(decode_protobuf(&bytes), Ok(Payload::Skip { .. })));
     }
 
     #[test]
@@ -295,7 +333,17 @@ mod tests {
             decode_json(&json!({"oldValue": {}})),
             Ok(Payload::Skip { .. })
         ));
-        assert!(decode_json(&json!({"value": {"fields": {}}})).is_err());
+        // An empty document is a delete, as Google's samples write one.
+        for empty in [
+            json!({"value": {}}),
+            json!({"value": {"name": "", "fields": {}}}),
+        ] {
+            assert!(
+                matches!(decode_json(&empty), Ok(Payload::Skip { .. })),
+                "{empty}"
+            );
+        }
+        assert!(decode_json(&json!({"value": {"fields": {"a": {"stringValue": "x"}}}})).is_err());
         assert!(decode_json(
             &json!({"value": {"name": "n", "fields": {"q": {"integerValue": "x"}}}})
         )

@@ -8,6 +8,7 @@
 //! | plain JSON | anything else | the body |
 //! | Cloud Tasks HTTP target | `X-CloudTasks-TaskName` | the body |
 //! | Pub/Sub push | JSON body with `message` and `subscription` | base64 `message.data` |
+//! | Pub/Sub push, unwrapped (`noWrapper`) | `x-goog-pubsub-message-id` (`writeMetadata`), `?source=pubsub` on the endpoint, or Google's push agent with a body that is no envelope | the body, whatever its content type |
 //! | CloudEvent, binary mode (Eventarc) | `ce-specversion` header | by `ce-type`, below |
 //! | CloudEvent, structured mode | `application/cloudevents+json` | by `type`, below |
 //!
@@ -141,7 +142,7 @@ pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, DeliveryError> {
+pub(crate) fn parse_json(body: &[u8]) -> Result<Value, DeliveryError> {
     serde_json::from_slice(body).map_err(|e| DeliveryError::MalformedJson(e.to_string()))
 }
 
@@ -167,8 +168,16 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, DeliveryEr
 /// Decode a request body with its headers. Never fails outright: what cannot be read is
 /// reported in [`Delivery::payload`] together with what is known about the sender.
 pub fn decode(headers: &HeaderMap, body: &[u8]) -> Delivery {
+    decode_declared(headers, body, None)
+}
+
+/// [`decode`], with the source the endpoint URL declares (`?source=pubsub`): the only way an
+/// unwrapped Pub/Sub push without `writeMetadata` can be told from a direct call.
+pub fn decode_declared(headers: &HeaderMap, body: &[u8], declared: Option<&str>) -> Delivery {
     let idem = idempotency_key(headers);
-    let mut d = if let Some(meta) = cloudtasks::meta(headers) {
+    let mut d = if pubsub::is_unwrapped(headers, declared == Some("pubsub")) {
+        pubsub::decode_unwrapped(headers, body)
+    } else if let Some(meta) = cloudtasks::meta(headers) {
         let key = cloudtasks::fallback_key(&meta);
         let payload = plain(headers, body).map(|p| match p {
             Payload::Work { json, .. } => Payload::Work {
@@ -200,6 +209,7 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Delivery {
                     payload,
                 }
             }
+            _ if pubsub::from_google_push_agent(headers) => pubsub::decode_unwrapped(headers, body),
             other => Delivery {
                 meta: DeliveryMeta {
                     source: "http".into(),

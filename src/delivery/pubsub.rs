@@ -3,9 +3,65 @@
 //! `{"message":{"data":base64,"attributes":{},"messageId":"…","publishTime":"…"},"subscription":"…","deliveryAttempt":N}`.
 //! Pub/Sub acknowledges on 102, 200, 201, 202 or 204 and redelivers everything else.
 
-use super::{DeliveryError, DeliveryMeta, Payload};
+use super::{header, parse_json, Delivery, DeliveryError, DeliveryMeta, Mode, Payload};
+use axum::http::HeaderMap;
 use base64::Engine;
 use serde_json::Value;
+
+/// Message ID header of a push with payload unwrapping and `writeMetadata`.
+pub const MESSAGE_ID_HEADER: &str = "x-goog-pubsub-message-id";
+
+/// `DeliveryMeta.attrs["wrapper"]` of an unwrapped push, so a redrive decodes it the same way.
+pub const UNWRAPPED: &str = "none";
+
+/// True for a Pub/Sub push with payload unwrapping (`pushConfig.noWrapper`) that says so: with
+/// `writeMetadata` it carries `x-goog-pubsub-message-id`; without it nothing in the request
+/// does, so the push endpoint declares it (`?source=pubsub`, `declared`).
+pub fn is_unwrapped(headers: &HeaderMap, declared: bool) -> bool {
+    declared || headers.contains_key(MESSAGE_ID_HEADER)
+}
+
+/// True when the sender is Google's push agent (Pub/Sub push requests carry the
+/// `APIs-Google` user agent): a body that is not a push envelope is then an unwrapped one.
+pub fn from_google_push_agent(headers: &HeaderMap) -> bool {
+    header(headers, "user-agent").is_some_and(|ua| ua.starts_with("APIs-Google"))
+}
+
+/// Decode an unwrapped push: the body is the raw message data, the metadata (with
+/// `writeMetadata`) is in `x-goog-pubsub-*` headers and the attributes are headers too. The
+/// media type is not checked: a message without a `Content-Type` attribute arrives with
+/// whatever the pusher's HTTP client defaults to, and the data is read as JSON regardless.
+pub fn decode_unwrapped(headers: &HeaderMap, body: &[u8]) -> Delivery {
+    let id = header(headers, MESSAGE_ID_HEADER)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    let mut meta = DeliveryMeta {
+        source: "pubsub".into(),
+        id: id.clone(),
+        attempt: header(headers, "x-goog-pubsub-delivery-attempt").and_then(|v| v.parse().ok()),
+        ..Default::default()
+    };
+    meta.attrs.insert("wrapper".into(), UNWRAPPED.into());
+    for (h, k) in [
+        ("x-goog-pubsub-subscription-name", "subscription"),
+        ("x-goog-pubsub-publish-time", "publish_time"),
+        ("x-goog-ordering-key", "ordering_key"),
+        ("x-goog-pubsub-ordering-key", "ordering_key"),
+    ] {
+        if let Some(v) = header(headers, h).filter(|v| !v.is_empty()) {
+            meta.attrs.insert(k.into(), v.to_string());
+        }
+    }
+    let payload = parse_json(body).map(|json| Payload::Work {
+        json,
+        fallback_key: id.map(|id| format!("pubsub:{id}")),
+    });
+    Delivery {
+        meta,
+        mode: Mode::Push,
+        payload,
+    }
+}
 
 /// True when `v` has the shape of a push envelope.
 pub fn is_push_envelope(v: &Value) -> bool {
@@ -132,5 +188,56 @@ mod tests {
         }
         let (_, p) = decode(&json!({"message": "x", "subscription": "s"}));
         assert!(matches!(p, Err(DeliveryError::Envelope { field: ref f, .. }) if f == "message"));
+    }
+
+    #[test]
+    fn unwrapped_push_with_metadata_headers() {
+        // As the Pub/Sub emulator sends it for a message without a Content-Type attribute.
+        let h = headers(&[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("x-goog-pubsub-message-id", "42"),
+            (
+                "x-goog-pubsub-subscription-name",
+                "projects/p/subscriptions/raw",
+            ),
+            ("x-goog-pubsub-publish-time", "2026-12-03T09:38:46.095Z"),
+            ("x-goog-ordering-key", "k1"),
+            ("origin", "shop"),
+        ]);
+        let d = decode_request(&h, br#"{"order_id":"o-1"}"#);
+        assert_eq!(d.mode, Mode::Push);
+        assert_eq!(d.meta.source, "pubsub");
+        assert_eq!(d.meta.id.as_deref(), Some("42"));
+        assert_eq!(d.meta.attrs["subscription"], "projects/p/subscriptions/raw");
+        assert_eq!(d.meta.attrs["ordering_key"], "k1");
+        assert_eq!(
+            d.payload,
+            Ok(Payload::Work {
+                json: json!({"order_id":"o-1"}),
+                fallback_key: Some("pubsub:42".into())
+            })
+        );
+        let d = decode_request(&h, b"not json");
+        assert_eq!(d.mode, Mode::Push);
+        assert!(d.payload.is_err());
+    }
+
+    #[test]
+    fn unwrapped_push_without_metadata_is_declared_or_recognised() {
+        let h = headers(&[("content-type", "application/x-www-form-urlencoded")]);
+        let d = crate::delivery::decode_declared(&h, br#"{"order_id":"o-2"}"#, Some("pubsub"));
+        assert_eq!((d.mode, d.meta.source.as_str()), (Mode::Push, "pubsub"));
+        assert_eq!(d.meta.id, None);
+        // Undeclared, the same request is a direct call refused for its media type.
+        let d = decode_request(&h, br#"{"order_id":"o-2"}"#);
+        assert_eq!(d.mode, Mode::Direct);
+        // Google's push agent, body not an envelope: an unwrapped push.
+        let h = headers(&[(
+            "user-agent",
+            "APIs-Google; (+https://developers.google.com/webmasters/APIs-Google.html)",
+        )]);
+        let d = decode_request(&h, b"garbage");
+        assert_eq!((d.mode, d.meta.source.as_str()), (Mode::Push, "pubsub"));
+        assert!(d.payload.is_err());
     }
 }

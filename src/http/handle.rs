@@ -20,12 +20,22 @@ use std::time::Instant;
 use tracing::Instrument;
 
 /// What a request asks for.
-enum Target {
+pub(crate) enum Target {
     Orders,
     Task(String),
 }
 
 impl Target {
+    /// The target of a stored route (`/orders`, `/tasks/{kind}`).
+    pub(crate) fn from_route(route: &str) -> Option<Self> {
+        match route {
+            "/orders" => Some(Target::Orders),
+            _ => route
+                .strip_prefix("/tasks/")
+                .filter(|k| !k.is_empty() && !k.contains('/'))
+                .map(|k| Target::Task(k.to_string())),
+        }
+    }
     fn kind(&self) -> &str {
         match self {
             Target::Orders => "order",
@@ -53,7 +63,21 @@ enum Answer {
         reason: &'static str,
         detail: String,
     },
+    /// A redrive's delivery that still cannot succeed: reported, never dead-lettered again.
+    Refused {
+        reason: &'static str,
+        detail: String,
+    },
     Error(ApiError),
+}
+
+/// The source the push endpoint's URL declares (`?source=pubsub`), for deliveries that carry
+/// nothing to tell them apart (an unwrapped Pub/Sub push without `writeMetadata`).
+fn declared_source(query: Option<&str>) -> Option<&'static str> {
+    query?
+        .split('&')
+        .any(|kv| kv == "source=pubsub")
+        .then_some("pubsub")
 }
 
 /// `POST /orders`: process an order exactly once in effect, whatever delivered it.
@@ -212,7 +236,8 @@ async fn serve(st: AppState, req: Request, target: Target) -> Response {
     let span = telemetry::request_span(&parts.headers, &st.project_id, &target.route());
     async move {
         let mut log = Decision::default();
-        let answer = process(&st, &parts.headers, body, &target, &mut log).await;
+        let declared = declared_source(parts.uri.query());
+        let answer = process(&st, &parts.headers, body, &target, declared, &mut log).await;
         let push = log.mode == Some(Mode::Push);
         let (resp, outcome, replayed, error) = respond(answer, push);
         let status = resp.status().as_u16();
@@ -250,6 +275,108 @@ async fn process(
     headers: &HeaderMap,
     body: Body,
     target: &Target,
+    declared: Option<&str>,
+    log: &mut Decision,
+) -> Answer {
+    let bytes = match read_body(headers, body, st.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return Answer::Error(e),
+    };
+    process_bytes(st, headers, &bytes, target, declared, false, log).await
+}
+
+/// What a redrive's delivery came to.
+#[derive(Clone, Debug)]
+pub struct Redelivery {
+    /// `processed`, `rejected`, `replayed`, `skipped`, `failed` or `unavailable`.
+    pub result: &'static str,
+    /// True for a durable outcome: the dead letter is done with.
+    pub resolved: bool,
+    /// The operation it reached, when it got that far.
+    pub operation_id: Option<String>,
+    /// Why it failed (the problem code and detail), when it did.
+    pub detail: Option<String>,
+}
+
+/// Send a stored delivery through the same decode → operation → guard path as a request, in
+/// process. Unlike a request, a delivery that still cannot succeed is reported, not
+/// dead-lettered again.
+pub async fn redeliver(
+    st: &AppState,
+    route: &str,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    declared: Option<&str>,
+) -> Redelivery {
+    let Some(target) = Target::from_route(route) else {
+        return Redelivery {
+            result: "failed",
+            resolved: false,
+            operation_id: None,
+            detail: Some(format!(
+                "no-route: {route:?} is not /orders or /tasks/{{kind}}"
+            )),
+        };
+    };
+    let mut log = Decision::default();
+    let answer = process_bytes(st, headers, bytes, &target, declared, true, &mut log).await;
+    let op = (!log.operation_id.is_empty()).then(|| log.operation_id.clone());
+    let done = |result: &'static str| Redelivery {
+        result,
+        resolved: true,
+        operation_id: op.clone(),
+        detail: None,
+    };
+    let r = match answer {
+        Answer::Outcome(o) if o.replayed => done("replayed"),
+        Answer::Outcome(o) => done(o.record.outcome.as_str()),
+        Answer::Steps { reports, .. } => {
+            if reports.iter().all(|r| r.outcome.replayed) {
+                done("replayed")
+            } else {
+                done("processed")
+            }
+        }
+        Answer::Skipped(_) => done("skipped"),
+        Answer::Refused { reason, detail } | Answer::DeadLettered { reason, detail, .. } => {
+            Redelivery {
+                result: "failed",
+                resolved: false,
+                operation_id: op.clone(),
+                detail: Some(format!("{reason}: {detail}")),
+            }
+        }
+        Answer::Error(e) => Redelivery {
+            result: if e.status().is_server_error() {
+                "unavailable"
+            } else {
+                "failed"
+            },
+            resolved: false,
+            operation_id: op.clone(),
+            detail: Some(format!("{}: {e}", e.code())),
+        },
+    };
+    tracing::info!(
+        operation_id = r.operation_id.as_deref().unwrap_or(""),
+        kind = target.kind(),
+        outcome = r.result,
+        redrive = true,
+        delivery_source = %log.meta.source,
+        delivery_id = log.meta.id.as_deref().unwrap_or(""),
+        error = r.detail.as_deref(),
+        "redrive decision"
+    );
+    r
+}
+
+async fn process_bytes(
+    st: &AppState,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    target: &Target,
+    declared: Option<&str>,
+    redrive: bool,
     log: &mut Decision,
 ) -> Answer {
     let cfg = &st.config;
@@ -269,17 +396,17 @@ async fn process(
             }
         },
     };
-    let bytes = match read_body(headers, body, cfg.max_body_bytes).await {
-        Ok(b) => b,
-        Err(e) => return Answer::Error(e),
-    };
-    let d = delivery::decode(headers, &bytes);
+    let d = delivery::decode_declared(headers, bytes, declared);
     log.meta = d.meta.clone();
     log.mode = Some(d.mode);
     let refuse = |e: ApiError| async {
         match d.mode {
+            _ if redrive => Answer::Refused {
+                reason: e.code(),
+                detail: e.to_string(),
+            },
             Mode::Direct => Answer::Error(e),
-            Mode::Push => dead_letter(st, target, &d.meta, headers, &bytes, e).await,
+            Mode::Push => dead_letter(st, target, &d.meta, headers, bytes, e).await,
         }
     };
     let (json, fallback_key) = match d.payload.clone() {
@@ -316,7 +443,7 @@ async fn process(
                 deadline(format!("injected fault after step {step}"))
             }
             Ok(Err(FulfilError::Guard(e))) => {
-                guard_error(st, target, &d.meta, headers, &bytes, d.mode, e).await
+                guard_error(st, target, &d.meta, headers, bytes, d.mode, redrive, e).await
             }
             Err(_) => deadline(format!(
                 "request deadline of {} ms passed",
@@ -334,7 +461,7 @@ async fn process(
     }
     match tokio::time::timeout(cfg.request_timeout, st.guard.run(op, d.meta.clone())).await {
         Ok(Ok(o)) => Answer::Outcome(Box::new(o)),
-        Ok(Err(e)) => guard_error(st, target, &d.meta, headers, &bytes, d.mode, e).await,
+        Ok(Err(e)) => guard_error(st, target, &d.meta, headers, bytes, d.mode, redrive, e).await,
         Err(_) => deadline(format!(
             "request deadline of {} ms passed",
             cfg.request_timeout.as_millis()
@@ -343,6 +470,7 @@ async fn process(
 }
 
 /// A guard failure: a reused key is bad input (dead-lettered for push), the rest map as is.
+#[allow(clippy::too_many_arguments)]
 async fn guard_error(
     st: &AppState,
     target: &Target,
@@ -350,10 +478,15 @@ async fn guard_error(
     headers: &HeaderMap,
     bytes: &[u8],
     mode: Mode,
+    redrive: bool,
     e: GuardError,
 ) -> Answer {
     let e = ApiError::from_guard(e, st.config.retry_after_secs);
     match (&e, mode) {
+        (ApiError::KeyReused { .. }, _) if redrive => Answer::Refused {
+            reason: e.code(),
+            detail: e.to_string(),
+        },
         (ApiError::KeyReused { .. }, Mode::Push) => {
             dead_letter(st, target, meta, headers, bytes, e).await
         }
@@ -487,6 +620,15 @@ fn respond(answer: Answer, push: bool) -> (Response, &'static str, bool, Option<
             (
                 json_response(StatusCode::OK, "application/json", body.to_string(), false),
                 "dead_lettered",
+                false,
+                Some(detail),
+            )
+        }
+        Answer::Refused { reason, detail } => {
+            let body = json!({"outcome": "failed", "reason": reason, "detail": detail});
+            (
+                json_response(StatusCode::OK, "application/json", body.to_string(), false),
+                "failed",
                 false,
                 Some(detail),
             )

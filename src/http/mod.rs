@@ -1,5 +1,6 @@
 //! HTTP: the router, the handlers, and the mapping from outcomes to answers.
 
+pub mod console;
 pub mod dead_letter;
 pub mod error;
 pub mod handle;
@@ -62,7 +63,18 @@ pub fn app(state: AppState) -> Router {
     overload::shed(work, &state.config)
         .route("/healthz", get(healthz))
         .route("/readyz", get(ready::readyz))
+        .route("/operations", get(console::list_operations))
+        .route("/operations/lookup", get(console::lookup))
         .route("/operations/{operation_id}", get(status::get_operation))
+        .route("/dead-letters", get(console::list_dead_letters))
+        .route("/dead-letters/{id}", get(console::get_dead_letter))
+        .route(
+            "/dead-letters/{id}/redrive",
+            post(console::redrive_dead_letter),
+        )
+        .route("/console", get(console::page))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -461,6 +461,14 @@ impl Modify for Shared {
         super::handle::post_orders,
         super::handle::post_task,
         super::status::get_operation,
+        super::console::list_operations,
+        super::console::lookup,
+        super::console::list_dead_letters,
+        super::console::get_dead_letter,
+        super::console::redrive_dead_letter,
+        super::console::page,
+        super::console::script,
+        super::console::style,
         super::healthz,
         super::ready::readyz,
         openapi_json,
@@ -490,6 +498,9 @@ impl Modify for Shared {
     tags(
         (name = "work", description = "Orders and tasks, each processed exactly once in effect."),
         (name = "operations", description = "What happened to an operation."),
+        (name = "dead letters", description = "Platform deliveries that could not succeed, and \
+            their redrive."),
+        (name = "console", description = "The operator console (HTML, script, style)."),
         (name = "service", description = "Probes and this description."),
     )
 )]

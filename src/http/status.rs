@@ -322,7 +322,7 @@ pub async fn get_operation(
     }
 }
 
-async fn status(st: &AppState, id: &str) -> Result<OperationStatus, ApiError> {
+pub(crate) async fn status(st: &AppState, id: &str) -> Result<OperationStatus, ApiError> {
     if !is_operation_id(id) {
         return Err(ApiError::Validation(ValidationError::new(
             "operation_id",

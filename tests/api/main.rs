@@ -1,7 +1,9 @@
 //! Integration tests against the real Firestore emulator (one per binary, a project per test).
 
 mod batching;
+mod clients;
 mod concurrency;
+mod console;
 mod deliveries;
 mod demo;
 mod deploy;
@@ -10,6 +12,7 @@ mod hostile;
 mod operate;
 mod orders;
 mod pubsub_e2e;
+mod redrive;
 mod reliability;
 mod scale_out;
 mod status;

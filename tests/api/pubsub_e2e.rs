@@ -68,3 +68,107 @@ async fn push_subscription_with_failures_and_duplicates_applies_each_order_once(
         );
     }
 }
+
+/// Pub/Sub push with payload unwrapping (`noWrapper`), as the emulator delivers it: the raw
+/// message as the body, no Content-Type unless the message has that attribute, metadata in
+/// `x-goog-pubsub-*` headers only with `writeMetadata`. Every message is processed once (the
+/// message ID keys an order without `order_id`), and garbage is dead-lettered and
+/// acknowledged, so Pub/Sub stops redelivering it.
+#[tokio::test]
+async fn unwrapped_push_with_and_without_metadata() {
+    use base64::Engine;
+    let app = spawn_app().await;
+    let ps = PubSub::new(&format!("ps-{}", uuid::Uuid::new_v4().simple()));
+    app.seed("i-u", 100).await;
+    ps.topic("meta").await;
+    ps.topic("bare").await;
+    ps.push_subscription_with(
+        "meta-push",
+        "meta",
+        json!({"pushEndpoint": app.url("/orders"), "noWrapper": {"writeMetadata": true}}),
+    )
+    .await;
+    // Without metadata nothing in the request says "Pub/Sub": the endpoint URL declares it.
+    ps.push_subscription_with(
+        "bare-push",
+        "bare",
+        json!({"pushEndpoint": app.url("/orders?source=pubsub"), "noWrapper": {}}),
+    )
+    .await;
+    let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    let meta_ids = ps
+        .publish_messages(
+            "meta",
+            &[
+                // No Content-Type attribute: the emulator sends form-urlencoded.
+                json!({"data": b64(r#"{"order_id":"u-1","item_id":"i-u","quantity":1}"#),
+                       "attributes": {"origin": "shop"}, "orderingKey": "cust-1"}),
+                // No order_id: keyed by the message ID.
+                json!({"data": b64(r#"{"item_id":"i-u","quantity":2}"#),
+                       "attributes": {"Content-Type": "application/json"}}),
+                // A business rejection: acknowledged, not redelivered.
+                json!({"data": b64(r#"{"order_id":"u-3","item_id":"nope","quantity":1}"#)}),
+                json!({"data": b64("this is not an order")}),
+            ],
+        )
+        .await;
+    ps.publish_messages(
+        "bare",
+        &[
+            json!({"data": b64(r#"{"order_id":"u-4","item_id":"i-u","quantity":4}"#)}),
+            json!({"data": b64("garbage without metadata")}),
+        ],
+    )
+    .await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ops = app.list("operations").await.len();
+        let letters = app.list("dead_letters").await.len();
+        if ops == 4 && letters == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ops} of 4 operations, {letters} of 2 dead letters"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Every answer was 2xx: nothing is redelivered, nothing is recorded twice.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.list("operations").await.len(), 4);
+    assert_eq!(app.list("dead_letters").await.len(), 2);
+    assert_eq!(app.stock("i-u").await, Some(100 - 1 - 2 - 4));
+    let d = app.doc("operations", &op_id("order", "u-1")).await.unwrap();
+    assert_eq!(field(&d, &["delivery", "source"]).unwrap(), "pubsub");
+    assert_eq!(
+        field(&d, &["delivery", "id"]).unwrap(),
+        meta_ids[0].as_str()
+    );
+    assert_eq!(
+        field(&d, &["delivery", "attrs", "subscription"])
+            .unwrap()
+            .as_str(),
+        Some(format!("projects/{}/subscriptions/meta-push", ps_project(&ps)).as_str())
+    );
+    assert_eq!(
+        field(&d, &["delivery", "attrs", "ordering_key"]).unwrap(),
+        "cust-1"
+    );
+    let keyed = op_id("order", &format!("pubsub:{}", meta_ids[1]));
+    assert!(app.doc("operations", &keyed).await.is_some());
+    let rejected = app.doc("operations", &op_id("order", "u-3")).await.unwrap();
+    assert_eq!(field(&rejected, &["outcome"]).unwrap(), "rejected");
+    let letters = app.list("dead_letters").await;
+    let garbage = letters
+        .iter()
+        .find(|l| {
+            field(l, &["delivery", "id"]).map(|v| v.as_str()) == Some(Some(meta_ids[3].as_str()))
+        })
+        .expect("the garbage message's dead letter, keyed by its message ID");
+    assert_eq!(field(garbage, &["body"]).unwrap(), "this is not an order");
+}
+
+fn ps_project(ps: &PubSub) -> String {
+    ps.project().to_string()
+}

@@ -1,0 +1,356 @@
+//! Redrive: send dead letters back through the same decode → operation → guard path once the
+//! cause is fixed (a new release that reads the shape, a kind now registered…).
+//!
+//! Each dead letter is redriven at most once at a time and applied at most once:
+//! 1. **claim**: its `redrive` field is rewritten with a claim (holder, expiry) in a commit
+//!    whose precondition is the `update_time` just read, so of two redrives only one wins it;
+//!    the other reports it `claimed`. A claim whose holder died lapses after [`CLAIM_TTL`].
+//! 2. **send**: the stored headers and exact body bytes go through
+//!    [`crate::http::handle::redeliver`], in process; the guard's status document makes the
+//!    business effect exactly once even if a lapsed claim lets a second redrive send it too.
+//! 3. **record**: attempts, last result and time are written back; a durable outcome marks it
+//!    `resolved` (later redrives skip it). One that still fails stays a dead letter with the
+//!    attempt recorded; no new dead letter is created.
+//!
+//! Listing orders by `created_at` only (the single-field index Firestore keeps anyway) and
+//! filters route and reason in process, so no composite index is needed.
+
+use crate::delivery::pubsub;
+use crate::http::dead_letter::{DeadLetter, RedriveState};
+use crate::http::handle::{redeliver, Redelivery};
+use crate::AppState;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use firestore::gcloud_sdk::google::firestore::v1 as pb;
+use firestore::{FirestoreDb, FirestoreDocument, FirestoreInstant};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use std::time::Duration;
+
+/// How long a claim holds before another redrive may take the dead letter over.
+pub const CLAIM_TTL: Duration = Duration::from_secs(60);
+
+/// Dead letters redriven at once by one run.
+pub const CONCURRENCY: usize = 64;
+
+/// Which dead letters a run redrives.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only those recorded at or after this time.
+    pub since: Option<FirestoreInstant>,
+    /// Only those received on this route (`/orders`, `/tasks/{kind}`).
+    pub route: Option<String>,
+    /// Only those with this reason (`invalid-field`, `key-reused`…).
+    pub reason: Option<String>,
+    /// At most this many.
+    pub limit: Option<usize>,
+    /// List what would be redriven; change nothing.
+    pub dry_run: bool,
+}
+
+/// What a redrive did to one dead letter: one line of the report.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ItemReport {
+    /// The dead letter's ID.
+    pub id: String,
+    /// The route it was received on.
+    pub route: String,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// `processed`, `rejected`, `replayed`, `skipped` (durable: resolved), `failed`,
+    /// `unavailable` (it stays a dead letter), `claimed` (another redrive holds it),
+    /// `resolved` (an earlier redrive finished it), `truncated` (its body was cut when
+    /// recorded, so it cannot be sent back) or `would-redrive` (dry run).
+    pub result: String,
+    /// Why it failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The operation it reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation_id: Option<String>,
+    /// Redrive attempts recorded on it so far.
+    pub attempts: i64,
+}
+
+/// Why a redrive could not run at all (per-item failures are in the report instead).
+#[derive(Debug, thiserror::Error)]
+pub enum RedriveError {
+    /// Firestore did not answer the listing or a read.
+    #[error("firestore: {0}")]
+    Firestore(String),
+}
+
+fn fs_err(e: impl std::fmt::Display) -> RedriveError {
+    RedriveError::Firestore(e.to_string())
+}
+
+/// A fresh holder name for one run (or one console click).
+pub fn holder() -> String {
+    format!("redrive-{:016x}", fastrand::u64(..))
+}
+
+/// Redrive every dead letter `filter` selects, [`CONCURRENCY`] at a time; one report line each.
+pub async fn run(st: &AppState, filter: &Filter) -> Result<Vec<ItemReport>, RedriveError> {
+    let db = st.guard.db().clone();
+    let col = st.config.collections.dead_letters.clone();
+    let since = filter.since;
+    let stream = db
+        .fluent()
+        .select()
+        .from(col.as_str())
+        .filter(move |q| {
+            q.for_all([since.and_then(|t| {
+                q.field("created_at")
+                    .greater_than_or_equal(firestore::FirestoreTimestamp(t))
+            })])
+        })
+        .order(|o| o.fields([o.field("created_at").ascending()]))
+        .stream_query_with_errors()
+        .await
+        .map_err(fs_err)?;
+    let holder = holder();
+    let limit = filter.limit.unwrap_or(usize::MAX);
+    let candidates = stream
+        .map_err(fs_err)
+        .try_filter_map(|doc| async move {
+            let Some(letter) = FirestoreDb::deserialize_doc_to::<DeadLetter>(&doc).ok() else {
+                return Ok(None);
+            };
+            let wanted = filter.route.as_ref().is_none_or(|r| *r == letter.route)
+                && filter.reason.as_ref().is_none_or(|r| *r == letter.reason)
+                && !letter.redrive.as_ref().is_some_and(|r| r.resolved);
+            Ok(wanted.then_some((doc, letter)))
+        })
+        .take(limit);
+    let holder = &holder;
+    candidates
+        .map(|c| async move {
+            let (doc, letter) = c?;
+            if filter.dry_run {
+                return Ok(report(&doc, &letter, "would-redrive", None, None));
+            }
+            Ok(one(st, doc, letter, holder).await)
+        })
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await
+}
+
+/// Redrive one dead letter by ID (the console's button); `None` when there is no such one.
+pub async fn run_one(st: &AppState, id: &str) -> Result<Option<ItemReport>, RedriveError> {
+    let doc = st
+        .guard
+        .db()
+        .fluent()
+        .select()
+        .by_id_in(&st.config.collections.dead_letters)
+        .one(id)
+        .await
+        .map_err(fs_err)?;
+    let Some(doc) = doc else { return Ok(None) };
+    let letter = FirestoreDb::deserialize_doc_to::<DeadLetter>(&doc).map_err(fs_err)?;
+    if letter.redrive.as_ref().is_some_and(|r| r.resolved) {
+        return Ok(Some(report(&doc, &letter, "resolved", None, None)));
+    }
+    Ok(Some(one(st, doc, letter, &holder()).await))
+}
+
+fn doc_id(doc: &FirestoreDocument) -> String {
+    doc.name.rsplit('/').next().unwrap_or_default().to_string()
+}
+
+fn report(
+    doc: &FirestoreDocument,
+    letter: &DeadLetter,
+    result: &str,
+    detail: Option<String>,
+    operation_id: Option<String>,
+) -> ItemReport {
+    ItemReport {
+        id: doc_id(doc),
+        route: letter.route.clone(),
+        reason: letter.reason.clone(),
+        result: result.to_string(),
+        detail,
+        operation_id,
+        attempts: letter.redrive.as_ref().map_or(0, |r| r.attempts),
+    }
+}
+
+/// Claim, send, record one dead letter.
+async fn one(
+    st: &AppState,
+    doc: FirestoreDocument,
+    letter: DeadLetter,
+    holder: &str,
+) -> ItemReport {
+    let now = FirestoreInstant::now();
+    let mut state = letter.redrive.clone().unwrap_or_default();
+    if state.claimed_by.as_deref().is_some_and(|h| h != holder)
+        && state.claim_expires_at.is_some_and(|t| t > now)
+    {
+        return report(&doc, &letter, "claimed", state.claimed_by.clone(), None);
+    }
+    if letter.body_truncated {
+        return report(
+            &doc,
+            &letter,
+            "truncated",
+            Some(format!(
+                "only {} bytes of the body were kept",
+                letter.body.len()
+            )),
+            None,
+        );
+    }
+    let bytes = match letter.body_bytes() {
+        Ok(b) => b,
+        Err(e) => {
+            return report(
+                &doc,
+                &letter,
+                "failed",
+                Some(format!("stored body: {e}")),
+                None,
+            )
+        }
+    };
+    state.claimed_by = Some(holder.to_string());
+    state.claim_expires_at = now.saturating_add(CLAIM_TTL).ok();
+    let claimed = match write_state(st, &doc.name, &state, doc.update_time).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return report(
+                &doc,
+                &letter,
+                "claimed",
+                Some("another redrive claimed it first".into()),
+                None,
+            )
+        }
+        Err(e) => return report(&doc, &letter, "unavailable", Some(e), None),
+    };
+    let headers = header_map(&letter);
+    let declared = (letter.delivery.source == "pubsub"
+        && letter.delivery.attrs.get("wrapper").map(String::as_str) == Some(pubsub::UNWRAPPED))
+    .then_some("pubsub");
+    let Redelivery {
+        result,
+        resolved,
+        operation_id,
+        detail,
+    } = redeliver(st, &letter.route, &headers, &bytes, declared).await;
+    state.attempts += 1;
+    state.last_result = Some(result.to_string());
+    state.last_detail = detail.clone();
+    state.last_at = Some(FirestoreInstant::now());
+    state.operation_id = operation_id.clone();
+    state.resolved = resolved;
+    state.claimed_by = None;
+    state.claim_expires_at = None;
+    let mut line = report(&doc, &letter, result, detail, operation_id);
+    line.attempts = state.attempts;
+    match write_state(st, &doc.name, &state, Some(claimed)).await {
+        Ok(Some(_)) => {}
+        // The claim lapsed and another redrive took over; the guard kept the effect single.
+        Ok(None) => {
+            tracing::warn!(dead_letter = %line.id, "redrive claim lapsed before its result was recorded")
+        }
+        Err(e) => tracing::warn!(dead_letter = %line.id, error = %e, "redrive result not recorded"),
+    }
+    line
+}
+
+/// Rebuild the request headers kept on the dead letter.
+fn header_map(letter: &DeadLetter) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in &letter.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            h.insert(k, v);
+        }
+    }
+    h
+}
+
+/// Replace the `redrive` field of `name` if it still has `version` (its `update_time`);
+/// `Ok(None)` when it changed meanwhile, else the new version.
+async fn write_state(
+    st: &AppState,
+    name: &str,
+    state: &RedriveState,
+    version: Option<firestore::gcloud_sdk::prost_types::Timestamp>,
+) -> Result<Option<firestore::gcloud_sdk::prost_types::Timestamp>, String> {
+    #[derive(Serialize)]
+    struct Patch<'a> {
+        redrive: &'a RedriveState,
+    }
+    let db = st.guard.db();
+    let fields = FirestoreDb::serialize_to_doc(name, &Patch { redrive: state })
+        .map_err(|e| e.to_string())?
+        .fields;
+    let write = pb::Write {
+        operation: Some(pb::write::Operation::Update(pb::Document {
+            name: name.to_string(),
+            fields,
+            ..Default::default()
+        })),
+        update_mask: Some(pb::DocumentMask {
+            field_paths: vec!["redrive".into()],
+        }),
+        current_document: Some(pb::Precondition {
+            condition_type: Some(match version {
+                Some(t) => pb::precondition::ConditionType::UpdateTime(t),
+                None => pb::precondition::ConditionType::Exists(true),
+            }),
+        }),
+        ..Default::default()
+    };
+    let commit = pb::CommitRequest {
+        database: db.get_database_path().clone(),
+        writes: vec![write],
+        ..Default::default()
+    };
+    let mut client = db.client().get();
+    match tokio::time::timeout(st.config.firestore_timeout, client.commit(commit)).await {
+        Ok(Ok(r)) => Ok(r
+            .into_inner()
+            .write_results
+            .into_iter()
+            .next()
+            .and_then(|w| w.update_time)),
+        Ok(Err(s)) if s.code() == firestore::gcloud_sdk::tonic::Code::FailedPrecondition => {
+            Ok(None)
+        }
+        Ok(Err(s)) => Err(format!("commit: {:?} {}", s.code(), s.message())),
+        Err(_) => Err("commit: no answer in time".into()),
+    }
+}
+
+/// The report as the command prints it: one aligned line per dead letter, then totals.
+pub fn render(items: &[ItemReport]) -> String {
+    let mut out = format!(
+        "{:<64}  {:<20}  {:<24}  {:<13}  {}\n",
+        "id", "route", "reason", "result", "detail"
+    );
+    let mut totals = std::collections::BTreeMap::<&str, usize>::new();
+    for i in items {
+        *totals.entry(i.result.as_str()).or_default() += 1;
+        out.push_str(&format!(
+            "{:<64}  {:<20}  {:<24}  {:<13}  {}\n",
+            i.id,
+            i.route,
+            i.reason,
+            i.result,
+            i.detail.as_deref().unwrap_or("")
+        ));
+    }
+    let totals: Vec<String> = totals.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    out.push_str(&format!(
+        "{} dead letters: {}\n",
+        items.len(),
+        totals.join(", ")
+    ));
+    out
+}
