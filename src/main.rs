@@ -5,12 +5,14 @@ use anyhow::Context;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use firestore_once::config::{resolve_project_id, Config};
 use firestore_once::guard::{Guard, GuardConfig};
-use firestore_once::{app, telemetry, AppState};
+use firestore_once::{app, telemetry, tracing_otel, AppState};
 use std::future::IntoFuture;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    telemetry::init(config.log_format);
+    // Built before the runtime: the exporter sends from its own thread, never a request's.
+    let traces = tracing_otel::from_env()?;
+    telemetry::init_with(config.log_format, traces.as_ref());
     // One thread by default: the work is waiting on Firestore, and one thread saves the
     // cross-thread wake-ups that cost more CPU per order than the work itself (see README).
     let rt = match config.worker_threads {
@@ -25,13 +27,20 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?,
     };
-    rt.block_on(async {
+    let served = rt.block_on(async {
         if let Err(e) = run(config).await {
             tracing::error!(error = format!("{e:#}"), "start-up failed");
             return Err(e);
         }
         Ok(())
-    })
+    });
+    // Send the spans still batched before exiting (bounded by the SDK's export timeout).
+    if let Some(p) = traces {
+        if let Err(e) = p.shutdown() {
+            eprintln!("trace exporter shutdown: {e}");
+        }
+    }
+    served
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -18,7 +18,9 @@ pub mod lease;
 pub mod record;
 
 use crate::delivery::DeliveryMeta;
+use crate::metrics::Metrics;
 use crate::ops::{Decision, DocRef, Fields, OpError, Operation, Snapshot, Write, WriteKind};
+use crate::tracing_otel;
 use firestore::gcloud_sdk::google::firestore::v1 as pb;
 use firestore::gcloud_sdk::tonic::Code;
 use firestore::{FirestoreDb, FirestoreInstant};
@@ -28,6 +30,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 /// How the guard talks to Firestore.
 #[derive(Clone, Debug)]
@@ -53,6 +56,9 @@ pub struct Outcome {
     pub operation_id: String,
     /// True when an earlier delivery decided it and this one changed nothing.
     pub replayed: bool,
+    /// True when the replay came from this instance's cache, without Firestore (metrics tell
+    /// the two replays apart).
+    pub from_cache: bool,
     /// The status document.
     pub record: StatusRecord,
 }
@@ -88,6 +94,8 @@ struct Pending {
     operation_id: String,
     delivery: DeliveryMeta,
     reply: oneshot::Sender<Reply>,
+    /// The request's span, parent of the batch's trace spans (`Span::none()` when not tracing).
+    span: tracing::Span,
 }
 
 const STRIPES: usize = 1024;
@@ -98,6 +106,7 @@ struct Inner {
     lanes: Mutex<HashMap<Vec<DocRef>, VecDeque<Pending>>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     cache: cache::ReplayCache,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs operations exactly once in effect. Cheap to clone; share one per process.
@@ -118,6 +127,7 @@ impl Guard {
             inner: Arc::new(Inner {
                 db,
                 cache: cache::ReplayCache::new(cfg.replay_cache_bytes),
+                metrics: Arc::new(Metrics::new()),
                 cfg,
                 lanes: Mutex::new(HashMap::new()),
                 stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -133,6 +143,11 @@ impl Guard {
     /// The guard's configuration.
     pub fn config(&self) -> &GuardConfig {
         &self.inner.cfg
+    }
+
+    /// The `once_*` series this guard and the handlers using it record.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// The cache of completed outcomes, so tests and diagnostics can see it stays bounded.
@@ -153,6 +168,7 @@ impl Guard {
                 Ok(Outcome {
                     operation_id,
                     replayed: true,
+                    from_cache: true,
                     record,
                 })
             } else {
@@ -168,6 +184,11 @@ impl Guard {
             operation_id,
             delivery,
             reply,
+            span: if tracing_otel::active() {
+                tracing::Span::current()
+            } else {
+                tracing::Span::none()
+            },
         };
         let start_leader = {
             let mut lanes = lock(&self.inner.lanes);
@@ -244,7 +265,8 @@ async fn lead(inner: Arc<Inner>, lane: Vec<DocRef>) {
         for &s in &stripes {
             held.push(inner.stripes[s].lock().await);
         }
-        let replies = inner.run_batch(&batch).await;
+        inner.metrics.batch(batch.len());
+        let replies = inner.run_batch(&batch).instrument(batch_span(&batch)).await;
         drop(held);
         // Every `Ok` here is a record Firestore holds: committed by this batch, or read from a
         // committed status document. Unknown commit outcomes are errors and are never cached.
@@ -257,6 +279,19 @@ async fn lead(inner: Arc<Inner>, lane: Vec<DocRef>) {
     }
 }
 
+/// The trace span of one batch: a child of its first request's span, linked from the others
+/// that were folded into the same transaction.
+fn batch_span(batch: &[Pending]) -> tracing::Span {
+    let Some(first) = batch.first().filter(|_| tracing_otel::active()) else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(parent: &first.span, "guard.batch", batch_size = batch.len());
+    for p in &batch[1..] {
+        span.follows_from(&p.span);
+    }
+    span
+}
+
 /// Why one transaction attempt did not finish.
 enum Attempt {
     /// Nothing was committed; the attempt may be repeated (`retry` is the aborted transaction).
@@ -266,6 +301,17 @@ enum Attempt {
 fn backoff(attempt: u32) -> Duration {
     let cap = 20u64.saturating_mul(1 << attempt.min(6)).min(1000);
     Duration::from_millis(cap / 2 + fastrand::u64(0..=cap / 2))
+}
+
+/// The Firestore RPC behind a [`Inner::call`] label, for its trace span.
+fn rpc_method(what: &str) -> &'static str {
+    match what {
+        "read" => "BatchGetDocuments",
+        "begin" => "BeginTransaction",
+        "rollback" => "Rollback",
+        "create" => "Commit",
+        _ => "Call",
+    }
 }
 
 fn code_of(e: &firestore::gcloud_sdk::tonic::Status) -> String {
@@ -286,6 +332,7 @@ impl Inner {
                 Ok(replies) => return replies,
                 Err(Attempt::Retry { why, retry: r }) => {
                     if attempt >= self.cfg.max_attempts {
+                        self.metrics.gave_up();
                         tracing::warn!(attempts = attempt, error = %why, "transaction gave up");
                         let e = GuardError::Unavailable(format!(
                             "transaction not settled after {attempt} attempts: {why}"
@@ -293,6 +340,7 @@ impl Inner {
                         return batch.iter().map(|_| Err(e.clone())).collect();
                     }
                     tracing::debug!(attempt, error = %why, "transaction retried");
+                    self.metrics.retry(r.is_some());
                     retry = r;
                     tokio::time::sleep(backoff(attempt)).await;
                 }
@@ -304,7 +352,11 @@ impl Inner {
     where
         F: std::future::Future<Output = Result<T, firestore::gcloud_sdk::tonic::Status>>,
     {
-        match tokio::time::timeout(self.cfg.call_timeout, fut).await {
+        let timed = tokio::time::timeout(self.cfg.call_timeout, fut);
+        match timed
+            .instrument(tracing_otel::firestore_span(rpc_method(what)))
+            .await
+        {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(status)) => Err(format!("{what}: {}", code_of(&status))),
             Err(_) => Err(format!(
@@ -532,6 +584,7 @@ impl Inner {
                     Ok(Outcome {
                         operation_id: p.operation_id.clone(),
                         replayed: true,
+                        from_cache: false,
                         record,
                     })
                 } else {
@@ -581,6 +634,7 @@ impl Inner {
             replies.push(Ok(Outcome {
                 operation_id: p.operation_id.clone(),
                 replayed: false,
+                from_cache: false,
                 record,
             }));
             needs_commit.push(true);
@@ -597,7 +651,10 @@ impl Inner {
             transaction: tx.clone(),
             ..Default::default()
         };
-        match tokio::time::timeout(self.cfg.call_timeout, client.commit(commit)).await {
+        let committed = tokio::time::timeout(self.cfg.call_timeout, client.commit(commit))
+            .instrument(tracing_otel::firestore_span("Commit"))
+            .await;
+        match committed {
             Ok(Ok(_)) => Ok(replies),
             Ok(Err(status)) if status.code() == Code::Aborted => Err(Attempt::Retry {
                 why: format!("commit: {}", code_of(&status)),
@@ -646,11 +703,13 @@ impl Inner {
             let why = match self.transact_once(docs, &mut decide, retry.take()).await {
                 Ok(r) => return r,
                 Err(Attempt::Retry { why, retry: r }) => {
+                    self.metrics.retry(r.is_some());
                     retry = r;
                     why
                 }
             };
             if attempt >= self.cfg.max_attempts {
+                self.metrics.gave_up();
                 return Err(GuardError::Unavailable(format!(
                     "transaction not settled after {attempt} attempts: {why}"
                 )));
@@ -692,7 +751,10 @@ impl Inner {
             ..Default::default()
         };
         let mut client = self.db.client().get();
-        match tokio::time::timeout(self.cfg.call_timeout, client.commit(commit)).await {
+        let committed = tokio::time::timeout(self.cfg.call_timeout, client.commit(commit))
+            .instrument(tracing_otel::firestore_span("Commit"))
+            .await;
+        match committed {
             Ok(Ok(_)) => Ok(Ok(r)),
             Ok(Err(status)) if status.code() == Code::Aborted => Err(Attempt::Retry {
                 why: format!("commit: {}", code_of(&status)),

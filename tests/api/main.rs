@@ -6,6 +6,7 @@ mod deliveries;
 mod deploy;
 mod helpers;
 mod hostile;
+mod observability;
 mod operate;
 mod orders;
 mod pubsub_e2e;
