@@ -254,6 +254,9 @@ impl std::io::Write for Captured {
 
 // The default test runtime is one thread, so the subscriber set for this thread also sees the
 // service's spawned tasks (the guard's batch leader among them).
+// Run alone (`.ci/run` does): with other tests running in parallel threads the Firestore child
+// spans are not seen by this thread's subscriber (a per-callsite interest race not yet solved).
+#[ignore = "run alone: cargo test --test api observability::a_request_span -- --ignored"]
 #[tokio::test]
 async fn a_request_span_joins_the_callers_trace_with_firestore_calls_as_children() {
     let (url, spans) = otlp_receiver().await;
