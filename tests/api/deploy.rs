@@ -1029,9 +1029,14 @@ fn cloudbuild_tests_builds_deploys_and_wires_eventarc() {
     // The collector sidecar: its config from the repository into Secret Manager, mounted into
     // a second container the app depends on; the app exports to it on localhost.
     let cfg = step_text(&doc, "collector-config");
-    assert!(cfg.contains("--data-file=deploy/otel-collector.yaml"), "{cfg}");
+    assert!(
+        cfg.contains("--data-file=deploy/otel-collector.yaml"),
+        "{cfg}"
+    );
     let dep = step_text(&doc, "deploy");
-    let app_at = dep.find("--container=app").expect("deploy names the app container");
+    let app_at = dep
+        .find("--container=app")
+        .expect("deploy names the app container");
     let col_at = dep
         .find("--container=collector")
         .expect("deploy adds the collector sidecar");
