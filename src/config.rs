@@ -108,6 +108,9 @@ pub struct Config {
     pub max_in_flight: usize,
     /// `ONCE_LOG_FORMAT`: `json` or `text`; default json unless stdout is a terminal.
     pub log_format: LogFormat,
+    /// `ONCE_METRICS`: `on` (default) serves `GET /metrics` and records the `once_*` series;
+    /// `off` does neither.
+    pub metrics: bool,
     /// `ONCE_SHUTDOWN_GRACE_MS`: after SIGTERM, how long in-flight requests may run before
     /// the process exits anyway. Cloud Run kills the instance 10 s after SIGTERM, so the
     /// default (9 s) leaves time to flush logs and exit 0 on our own terms.
@@ -138,6 +141,7 @@ impl Default for Config {
             retry_after_secs: 1,
             max_in_flight: 200,
             log_format: LogFormat::Json,
+            metrics: true,
             shutdown_grace: Duration::from_millis(9000),
             instance_id: "0".into(),
         }
@@ -258,6 +262,11 @@ impl Config {
                 n => n,
             },
             log_format,
+            metrics: match get("ONCE_METRICS").as_deref().map(str::trim) {
+                None | Some("on") | Some("true") | Some("1") => true,
+                Some("off") | Some("false") | Some("0") => false,
+                Some(other) => bail!("ONCE_METRICS={other:?} is not valid: use on or off"),
+            },
             shutdown_grace: ms("ONCE_SHUTDOWN_GRACE_MS", d.shutdown_grace)?,
         };
         Ok(cfg)

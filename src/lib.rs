@@ -75,8 +75,10 @@ pub mod faults;
 pub mod guard;
 pub mod http;
 pub mod invariants;
+pub mod metrics;
 pub mod ops;
 pub mod redrive;
 pub mod telemetry;
+pub mod tracing_otel;
 
 pub use http::{app, AppState};

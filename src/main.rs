@@ -8,7 +8,7 @@ use anyhow::Context;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use firestore_once::config::{resolve_project_id, Config};
 use firestore_once::guard::{Guard, GuardConfig};
-use firestore_once::{app, redrive, telemetry, AppState};
+use firestore_once::{app, redrive, telemetry, tracing_otel, AppState};
 use std::future::IntoFuture;
 
 const REDRIVE_USAGE: &str =
@@ -64,7 +64,9 @@ fn main() -> anyhow::Result<()> {
         ),
     };
     let config = Config::from_env()?;
-    telemetry::init(config.log_format);
+    // Built before the runtime: the exporter sends from its own thread, never a request's.
+    let traces = tracing_otel::from_env()?;
+    telemetry::init_with(config.log_format, traces.as_ref());
     if let Some(filter) = redrive {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -89,13 +91,20 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?,
     };
-    rt.block_on(async {
+    let served = rt.block_on(async {
         if let Err(e) = run(config).await {
             tracing::error!(error = format!("{e:#}"), "start-up failed");
             return Err(e);
         }
         Ok(())
-    })
+    });
+    // Send the spans still batched before exiting (bounded by the SDK's export timeout).
+    if let Some(p) = traces {
+        if let Err(e) = p.shutdown() {
+            eprintln!("trace exporter shutdown: {e}");
+        }
+    }
+    served
 }
 
 /// `firestore-once redrive`: true when some dead letter still failed.

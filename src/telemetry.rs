@@ -4,6 +4,7 @@
 use crate::config::LogFormat;
 use crate::delivery::header;
 use axum::http::HeaderMap;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
 use std::fmt;
 use tracing::field::{Field, Visit};
@@ -20,18 +21,28 @@ use tracing_subscriber::EnvFilter;
 /// JSON goes to stdout, where Cloud Run's log agent parses each line. Text goes to stderr
 /// with colours only when stderr is a terminal, so redirected or piped text stays greppable.
 pub fn init(format: LogFormat) {
+    init_with(format, None);
+}
+
+/// [`init`], plus span export to `traces` when given (see [`crate::tracing_otel`]).
+pub fn init_with(format: LogFormat, traces: Option<&SdkTracerProvider>) {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
     // A second call (tests) finds a subscriber installed and changes nothing.
     match format {
         LogFormat::Json => {
-            let _ = json_subscriber(env_filter(), std::io::stdout).try_init();
+            let s = json_subscriber(env_filter(), std::io::stdout);
+            let otel = traces.map(crate::tracing_otel::layer);
+            let _ = s.with(otel).try_init();
         }
         LogFormat::Text => {
-            let _ = tracing_subscriber::fmt()
+            let s = tracing_subscriber::fmt()
                 .with_env_filter(env_filter())
                 .with_ansi(std::io::stderr().is_terminal())
                 .with_writer(std::io::stderr)
-                .try_init();
+                .finish();
+            let otel = traces.map(crate::tracing_otel::layer);
+            let _ = s.with(otel).try_init();
         }
     }
 }
@@ -75,14 +86,46 @@ pub fn trace_id(headers: &HeaderMap) -> Option<String> {
 
 /// A span for one request carrying the Cloud Logging trace field, so every line logged
 /// inside it is grouped with the request in the Logs Explorer.
+///
+/// With trace export on ([`crate::tracing_otel`]) the span joins the caller's trace and the
+/// log's trace and span IDs are the exported span's, so Cloud Logging links each line to the
+/// span in Cloud Trace; a request without a trace header then gets the new trace's ID.
 pub fn request_span(headers: &HeaderMap, project_id: &str, route: &str) -> tracing::Span {
-    match trace_id(headers) {
-        Some(t) => tracing::info_span!(
-            "request",
-            route,
-            "logging.googleapis.com/trace" = format!("projects/{project_id}/traces/{t}")
-        ),
-        None => tracing::info_span!("request", route),
+    use tracing::field::Empty;
+    let span = tracing::info_span!(
+        "request",
+        route,
+        "logging.googleapis.com/trace" = Empty,
+        "logging.googleapis.com/spanId" = Empty,
+        otel.name = Empty,
+        otel.kind = Empty,
+        http.response.status_code = Empty,
+        otel.status_code = Empty,
+    );
+    let exported = crate::tracing_otel::join_incoming(&span, headers, &format!("POST {route}"));
+    let trace = match &exported {
+        Some((t, s)) => {
+            span.record("logging.googleapis.com/spanId", s.as_str());
+            Some(t.clone())
+        }
+        None => trace_id(headers),
+    };
+    if let Some(t) = trace {
+        span.record(
+            "logging.googleapis.com/trace",
+            format!("projects/{project_id}/traces/{t}"),
+        );
+    }
+    span
+}
+
+/// Note the answer's status on the request span for the trace view (only when exporting).
+pub fn record_status(span: &tracing::Span, status: u16) {
+    if crate::tracing_otel::active() {
+        span.record("http.response.status_code", status);
+        if status >= 500 {
+            span.record("otel.status_code", "ERROR");
+        }
     }
 }
 

@@ -326,6 +326,11 @@ fn scenarios(smoke: bool, long: bool, only_scale: bool) -> Vec<Scenario> {
             baseline: false,
             ..s("3b", "replays, replay cache off", Shape::Replay, 32)
         },
+        Scenario {
+            env: vec![("ONCE_METRICS", "off")],
+            baseline: false,
+            ..s("1m", "as 1, metrics off (overhead)", Shape::Spread, 16)
+        },
         s("4", "5-line orders over 100 items", Shape::Multi, 16),
         s(
             "4r",
@@ -1358,6 +1363,18 @@ fn render(machine: &str, args: &Args, startup_ms: f64, rows: &[Row]) -> String {
             "CPU per order, scenario 1 @{}: {cpu:.3} ms (target ≤ 0.25: {})",
             r.clients,
             mark(cpu <= 0.25)
+        );
+    }
+    if let (Some(on), Some(off)) = (svc("1", 16), svc("1m", 16)) {
+        let (a, b) = (
+            on.cpu_ms_per_order.unwrap_or(f64::NAN),
+            off.cpu_ms_per_order.unwrap_or(f64::NAN),
+        );
+        let pct = (a / b - 1.0) * 100.0;
+        let _ = writeln!(
+            s,
+            "Metrics overhead, scenario 1 @16: {a:.3} ms on vs {b:.3} ms off CPU per order = {pct:+.1} % (target ≤ 5 %: {})",
+            mark(pct <= 5.0)
         );
     }
     if let Some(sv) = svc("1", 32) {

@@ -14,6 +14,7 @@ use firestore::gcloud_sdk::tonic::Code;
 use firestore::FirestoreDb;
 use std::collections::HashMap;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// A Firestore call that failed, with the gRPC code when the server answered.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -65,7 +66,15 @@ impl Driver {
     where
         F: std::future::Future<Output = Result<T, firestore::gcloud_sdk::tonic::Status>>,
     {
-        match tokio::time::timeout(self.call_timeout, fut).await {
+        let method = match call {
+            "read" => "BatchGetDocuments",
+            _ => "Commit",
+        };
+        let timed = tokio::time::timeout(self.call_timeout, fut);
+        match timed
+            .instrument(crate::tracing_otel::firestore_span(method))
+            .await
+        {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(status)) => Err(DriverError {
                 call,

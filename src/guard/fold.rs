@@ -178,6 +178,7 @@ pub fn fold(
                     operation_id: e.operation_id.to_string(),
                     replayed: true,
                     record,
+                    from_cache: false,
                 })
             } else {
                 Err(GuardError::KeyReused {
@@ -238,6 +239,7 @@ pub fn fold(
             operation_id: e.operation_id.to_string(),
             replayed: false,
             record,
+            from_cache: false,
         }));
         needs_commit.push(true);
     }
@@ -246,9 +248,7 @@ pub fn fold(
         Vec::new()
     } else {
         let operations = ctx.operations;
-        guard(writes, versions, |d| {
-            rejected && d.collection != operations
-        })
+        guard(writes, versions, |d| rejected && d.collection != operations)
     };
     Folded {
         replies,

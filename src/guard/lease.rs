@@ -89,32 +89,46 @@ impl Guard {
         let status = self.status_ref(operation_id);
         let lease_doc = DocRef::new(leases, operation_id);
         let docs = [status.clone(), lease_doc.clone()];
-        self.transact(&docs, |snap| {
-            if let Some(done) = snap.get::<StatusRecord>(&status)? {
-                return Ok((vec![], LeaseOutcome::Done(done)));
-            }
-            let now = snap.now();
-            if let Some(l) = snap.get::<Lease>(&lease_doc)? {
-                if l.holder != holder && l.expires_at > now {
-                    let left = l.expires_at.duration_since(now).as_secs().max(1);
-                    let left = Duration::from_secs(left.unsigned_abs());
-                    return Ok((vec![], LeaseOutcome::Busy { retry_after: left }));
+        // Set by the attempt that commits; an earlier, retried attempt may have seen otherwise.
+        let mut took_over = false;
+        let outcome = self
+            .transact(&docs, |snap| {
+                took_over = false;
+                if let Some(done) = snap.get::<StatusRecord>(&status)? {
+                    return Ok((vec![], LeaseOutcome::Done(done)));
                 }
-            }
-            let lease = Lease {
-                operation_id: operation_id.to_string(),
-                kind: subject.map(|(k, _)| k.to_string()),
-                key: subject.map(|(_, k)| k.to_string()),
-                holder: holder.to_string(),
-                acquired_at: now,
-                expires_at: now.saturating_add(ttl).unwrap_or(now),
-            };
-            Ok((
-                vec![Write::set(lease_doc.clone(), &lease)?],
-                LeaseOutcome::Acquired(lease),
-            ))
-        })
-        .await
+                let now = snap.now();
+                if let Some(l) = snap.get::<Lease>(&lease_doc)? {
+                    if l.holder != holder && l.expires_at > now {
+                        let left = l.expires_at.duration_since(now).as_secs().max(1);
+                        let left = Duration::from_secs(left.unsigned_abs());
+                        return Ok((vec![], LeaseOutcome::Busy { retry_after: left }));
+                    }
+                    took_over = l.holder != holder;
+                }
+                let lease = Lease {
+                    operation_id: operation_id.to_string(),
+                    kind: subject.map(|(k, _)| k.to_string()),
+                    key: subject.map(|(_, k)| k.to_string()),
+                    holder: holder.to_string(),
+                    acquired_at: now,
+                    expires_at: now.saturating_add(ttl).unwrap_or(now),
+                };
+                Ok((
+                    vec![Write::set(lease_doc.clone(), &lease)?],
+                    LeaseOutcome::Acquired(lease),
+                ))
+            })
+            .await;
+        if took_over && matches!(outcome, Ok(LeaseOutcome::Acquired(_))) {
+            self.inner.metrics.lease_takeover();
+            tracing::info!(
+                operation_id,
+                holder,
+                "lease taken over from an expired holder"
+            );
+        }
+        outcome
     }
 
     /// Give the lease back early (the outside call failed), if `holder` still holds it.

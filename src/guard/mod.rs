@@ -26,6 +26,7 @@ pub mod lease;
 pub mod record;
 
 use crate::delivery::DeliveryMeta;
+use crate::metrics::Metrics;
 use crate::ops::{DocRef, OpError, Operation, Snapshot, Write};
 use driver::Driver;
 use firestore::gcloud_sdk::tonic::Code;
@@ -36,6 +37,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 /// How the guard talks to Firestore.
 #[derive(Clone, Debug)]
@@ -63,6 +65,9 @@ pub struct Outcome {
     pub replayed: bool,
     /// The status document.
     pub record: StatusRecord,
+    /// True when the replay came from this instance's cache, without Firestore (metrics tell
+    /// the two replays apart).
+    pub from_cache: bool,
 }
 
 /// Why the guard could not produce an [`Outcome`].
@@ -97,6 +102,8 @@ struct Pending {
     operation_id: String,
     delivery: DeliveryMeta,
     reply: oneshot::Sender<Reply>,
+    /// The request's span, parent of the batch's trace spans (`Span::none()` when not tracing).
+    span: tracing::Span,
 }
 
 const STRIPES: usize = 1024;
@@ -108,6 +115,7 @@ struct Inner {
     lanes: Mutex<HashMap<Vec<DocRef>, VecDeque<Pending>>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     cache: cache::ReplayCache,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs operations exactly once in effect. Cheap to clone; share one per process.
@@ -129,6 +137,7 @@ impl Guard {
                 driver: Driver::new(db, cfg.call_timeout),
                 before_commit: Mutex::new(None),
                 cache: cache::ReplayCache::new(cfg.replay_cache_bytes),
+                metrics: Arc::new(Metrics::new()),
                 cfg,
                 lanes: Mutex::new(HashMap::new()),
                 stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -144,6 +153,11 @@ impl Guard {
     /// The guard's configuration.
     pub fn config(&self) -> &GuardConfig {
         &self.inner.cfg
+    }
+
+    /// The `once_*` series this guard and the handlers using it record.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// The cache of completed outcomes, so tests and diagnostics can see it stays bounded.
@@ -165,6 +179,7 @@ impl Guard {
                     operation_id,
                     replayed: true,
                     record,
+                    from_cache: true,
                 })
             } else {
                 Err(GuardError::KeyReused { operation_id })
@@ -179,6 +194,11 @@ impl Guard {
             operation_id,
             delivery,
             reply,
+            span: if crate::tracing_otel::active() {
+                tracing::Span::current()
+            } else {
+                tracing::Span::none()
+            },
         };
         let start_leader = {
             let mut lanes = lock(&self.inner.lanes);
@@ -255,7 +275,8 @@ async fn lead(inner: Arc<Inner>, lane: Vec<DocRef>) {
         for &s in &stripes {
             held.push(inner.stripes[s].lock().await);
         }
-        let replies = inner.run_batch(&batch).await;
+        inner.metrics.batch(batch.len());
+        let replies = inner.run_batch(&batch).instrument(batch_span(&batch)).await;
         drop(held);
         // Every `Ok` here is a record Firestore holds: committed by this batch, or read from a
         // committed status document. Unknown commit outcomes are errors and are never cached.
@@ -268,10 +289,25 @@ async fn lead(inner: Arc<Inner>, lane: Vec<DocRef>) {
     }
 }
 
+/// The trace span of one batch: a child of its first request's span, linked from the others
+/// that were folded into the same commit.
+fn batch_span(batch: &[Pending]) -> tracing::Span {
+    let Some(first) = batch.first().filter(|_| crate::tracing_otel::active()) else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(parent: &first.span, "guard.batch", batch_size = batch.len());
+    for p in &batch[1..] {
+        span.follows_from(&p.span);
+    }
+    span
+}
+
 /// Why one attempt did not settle the batch.
 enum Attempt {
     /// Nothing was written; decide again on fresh reads after a back-off.
     Conflict(String),
+    /// A read failed or went unanswered: nothing was written; retry after a back-off.
+    Failed(String),
     /// Nothing was written; some operation needs more documents: read them and fold again
     /// at once (not contention, so no back-off).
     ReadMore,
@@ -308,10 +344,18 @@ impl Inner {
                     continue;
                 }
                 Err(Attempt::ReadMore) => "too many rounds of reads".to_string(),
-                Err(Attempt::Conflict(why)) => why,
+                Err(Attempt::Conflict(why)) => {
+                    self.metrics.retry(true);
+                    why
+                }
+                Err(Attempt::Failed(why)) => {
+                    self.metrics.retry(false);
+                    why
+                }
             };
             attempt += 1;
             if attempt >= self.cfg.max_attempts {
+                self.metrics.gave_up();
                 tracing::warn!(attempts = attempt, error = %why, "batch gave up");
                 let e =
                     GuardError::Unavailable(format!("not settled after {attempt} attempts: {why}"));
@@ -333,7 +377,7 @@ impl Inner {
             .driver
             .read(&docs)
             .await
-            .map_err(|e| Attempt::Conflict(e.to_string()))?;
+            .map_err(|e| Attempt::Failed(e.to_string()))?;
         let (first, mut versions) = fold::split(read);
         let mut snapshot = Snapshot::from_docs(now, first);
         let extra: Vec<DocRef> = after(&snapshot)
@@ -347,7 +391,7 @@ impl Inner {
                 .driver
                 .read(&extra)
                 .await
-                .map_err(|e| Attempt::Conflict(e.to_string()))?;
+                .map_err(|e| Attempt::Failed(e.to_string()))?;
             let (more, more_versions) = fold::split(more);
             snapshot.extend(more);
             versions.extend(more_versions);
@@ -444,8 +488,8 @@ impl Inner {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let why = match self.driver.read(docs).await {
-                Err(e) => e.to_string(),
+            let (why, conflict) = match self.driver.read(docs).await {
+                Err(e) => (e.to_string(), false),
                 Ok(read) => {
                     let (snap, versions) = fold::split(read);
                     let snapshot = Snapshot::from_docs(FirestoreInstant::now(), snap);
@@ -456,12 +500,14 @@ impl Inner {
                     let guarded = fold::guard(writes, &versions, |_| true);
                     match self.driver.commit(guarded).await {
                         Ok(()) => return Ok(r),
-                        Err(e) if e.is_conflict() => e.to_string(),
+                        Err(e) if e.is_conflict() => (e.to_string(), true),
                         Err(e) => return Err(GuardError::Unavailable(e.to_string())),
                     }
                 }
             };
+            self.metrics.retry(conflict);
             if attempt >= self.cfg.max_attempts {
+                self.metrics.gave_up();
                 return Err(GuardError::Unavailable(format!(
                     "not settled after {attempt} attempts: {why}"
                 )));

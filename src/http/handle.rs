@@ -7,6 +7,7 @@ use super::{AppState, REPLAYED};
 use crate::delivery::{self, DeliveryMeta, Mode, Payload};
 use crate::guard::record::OutcomeKind;
 use crate::guard::{self, GuardError, Outcome};
+use crate::metrics::Delivery;
 use crate::ops::fulfil::{self, Fulfil, FulfilError, StepReport};
 use crate::ops::{Operation, ParseCtx};
 use crate::telemetry;
@@ -234,13 +235,32 @@ async fn serve(st: AppState, req: Request, target: Target) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let span = telemetry::request_span(&parts.headers, &st.project_id, &target.route());
+    let metrics = st.guard.metrics().clone();
+    let in_flight = metrics.in_flight();
+    let traced = span.clone();
     async move {
         let mut log = Decision::default();
         let declared = declared_source(parts.uri.query());
         let answer = process(&st, &parts.headers, body, &target, declared, &mut log).await;
         let push = log.mode == Some(Mode::Push);
+        let cached = matches!(&answer, Answer::Outcome(o) if o.from_cache);
         let (resp, outcome, replayed, error) = respond(answer, push);
         let status = resp.status().as_u16();
+        telemetry::record_status(&traced, status);
+        drop(in_flight);
+        if metrics.enabled() {
+            let source = crate::metrics::source_label(
+                &log.meta.source,
+                log.meta.attrs.get("ce_type").map(String::as_str),
+            );
+            let kind = if outcome == "unknown-kind" {
+                "unknown"
+            } else {
+                target.kind()
+            };
+            let counted = delivery_outcome(outcome, replayed, cached, status);
+            metrics.delivery(source, counted, kind, started.elapsed());
+        }
         macro_rules! decision {
             ($lvl:ident) => {
                 tracing::$lvl!(
@@ -466,6 +486,22 @@ async fn process_bytes(
             "request deadline of {} ms passed",
             cfg.request_timeout.as_millis()
         )),
+    }
+}
+
+/// How a delivery is counted in `once_deliveries_total`, from what the decision line logs.
+fn delivery_outcome(outcome: &str, replayed: bool, cached: bool, status: u16) -> Delivery {
+    match outcome {
+        "processed" | "rejected" if replayed && cached => Delivery::ReplayedCache,
+        "processed" | "rejected" if replayed => Delivery::ReplayedFirestore,
+        "processed" => Delivery::Processed,
+        "rejected" => Delivery::Rejected,
+        "skipped" => Delivery::Skipped,
+        "dead_lettered" => Delivery::DeadLettered,
+        "key-reused" => Delivery::KeyReused,
+        "in-progress" => Delivery::Busy,
+        _ if status >= 500 => Delivery::Unknown,
+        _ => Delivery::Invalid,
     }
 }
 

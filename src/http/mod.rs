@@ -14,7 +14,9 @@ use crate::faults::Faults;
 use crate::guard::Guard;
 use crate::ops::fulfil::{Carrier, LocalCarrier};
 use crate::ops::Registry;
-use axum::http::HeaderName;
+use axum::extract::State;
+use axum::http::{header, HeaderName};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
@@ -43,6 +45,7 @@ pub struct AppState {
 impl AppState {
     /// State with the built-in task kinds, the local carrier and no faults.
     pub fn new(guard: Guard, config: Config, project_id: impl Into<Arc<str>>) -> Self {
+        guard.metrics().set_enabled(config.metrics);
         Self {
             guard,
             config: Arc::new(config),
@@ -60,7 +63,8 @@ pub fn app(state: AppState) -> Router {
         .route("/orders", post(handle::post_orders))
         .route("/tasks/{kind}", post(handle::post_task));
     // The limit covers the routes above only: health checks answer even when the instance is full.
-    overload::shed(work, &state.config)
+    let metrics = state.guard.metrics().clone();
+    let router = overload::shed(work, &state.config, metrics)
         .route("/healthz", get(healthz))
         .route("/readyz", get(ready::readyz))
         .route("/operations", get(console::list_operations))
@@ -75,7 +79,14 @@ pub fn app(state: AppState) -> Router {
         .route("/console", get(console::page))
         .route("/console/console.js", get(console::script))
         .route("/console/console.css", get(console::style))
-        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/openapi.json", get(openapi::openapi_json));
+    // Off (`ONCE_METRICS=off`): no route, so the path is a 404 like any unknown one.
+    let router = if state.config.metrics {
+        router.route("/metrics", get(serve_metrics))
+    } else {
+        router
+    };
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -91,6 +102,16 @@ pub fn app(state: AppState) -> Router {
 )]
 pub async fn healthz() -> &'static str {
     "ok"
+}
+
+/// `GET /metrics`: the `once_*` series as Prometheus text, for the collector sidecar (which
+/// scrapes it on localhost, inside the instance; from outside, Cloud Run's IAM gate applies as
+/// to every path). See docs/observability.md.
+pub async fn serve_metrics(State(st): State<AppState>) -> Response {
+    match st.guard.metrics().encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => ApiError::Internal(format!("encoding metrics: {e}")).into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -16,6 +16,7 @@
 
 use super::error::ApiError;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::middleware::Next;
@@ -37,7 +38,7 @@ pub const DRAIN_MAX: usize = 64 * 1024;
 /// all of them (one shared semaphore); the rest are shed with 503 and `Retry-After`. Routes
 /// added afterwards (health checks, status reads) are outside the limit, so a full instance
 /// still reports itself alive.
-pub fn shed<S>(router: Router<S>, config: &Config) -> Router<S>
+pub fn shed<S>(router: Router<S>, config: &Config, metrics: Arc<Metrics>) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -48,10 +49,12 @@ where
     router.route_layer(axum::middleware::from_fn(
         move |req: Request, next: Next| {
             let gate = gate.clone();
+            let metrics = metrics.clone();
             async move {
                 // Held until the handler has answered; dropped with it if the client leaves.
                 let Ok(_permit) = gate.try_acquire_owned() else {
                     tracing::warn!(max_in_flight, "shed: instance at its in-flight limit");
+                    metrics.shed();
                     drain(req.into_body(), max_body.min(DRAIN_MAX)).await;
                     return ApiError::Unavailable {
                         detail: format!(

@@ -475,6 +475,7 @@ impl Fulfil {
         let replay = |record| Outcome {
             operation_id: op_id.clone(),
             replayed: true,
+            from_cache: false,
             record,
         };
         if let Some(done) = guard.lookup(&op_id).await? {

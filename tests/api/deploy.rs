@@ -1022,7 +1022,61 @@ fn cloudbuild_tests_builds_deploys_and_wires_eventarc() {
             .unwrap_or_default()
     };
     assert!(waits("push").contains(&"test".to_string()));
-    assert_eq!(waits("deploy"), vec!["push".to_string()]);
+    assert_eq!(
+        waits("deploy"),
+        vec!["push".to_string(), "collector-config".to_string()]
+    );
+    // The collector sidecar: its config from the repository into Secret Manager, mounted into
+    // a second container the app depends on; the app exports to it on localhost.
+    let cfg = step_text(&doc, "collector-config");
+    assert!(
+        cfg.contains("--data-file=deploy/otel-collector.yaml"),
+        "{cfg}"
+    );
+    let dep = step_text(&doc, "deploy");
+    let app_at = dep
+        .find("--container=app")
+        .expect("deploy names the app container");
+    let col_at = dep
+        .find("--container=collector")
+        .expect("deploy adds the collector sidecar");
+    assert!(app_at < col_at);
+    let (app_flags, col_flags) = dep.split_at(col_at);
+    for f in [
+        "--depends-on=collector",
+        "--port=8080",
+        "OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318",
+        "ONCE_METRICS=on",
+    ] {
+        assert!(app_flags.contains(f), "app container lacks {f}");
+    }
+    for f in [
+        "--image=${_COLLECTOR_IMAGE}",
+        "--set-secrets=/etc/otelcol-google/config.yaml=${_COLLECTOR_SECRET}:latest",
+        "--args=--config=/etc/otelcol-google/config.yaml",
+        "httpGet.port=13133",
+    ] {
+        assert!(col_flags.contains(f), "collector container lacks {f}");
+    }
+    assert!(!col_flags.contains("--port="), "only the app takes ingress");
+    // The collector's config receives on the ports the app uses and exports to Google Cloud.
+    let otel: Yaml = serde_norway::from_str(&read("deploy/otel-collector.yaml")).unwrap();
+    assert_eq!(
+        otel["receivers"]["otlp"]["protocols"]["http"]["endpoint"],
+        Yaml::from("localhost:4318")
+    );
+    let scrape = &otel["receivers"]["prometheus"]["config"]["scrape_configs"][0];
+    assert_eq!(scrape["metrics_path"], Yaml::from("/metrics"));
+    assert_eq!(
+        scrape["static_configs"][0]["targets"][0],
+        Yaml::from("localhost:8080")
+    );
+    let pipes = &otel["service"]["pipelines"];
+    assert_eq!(pipes["traces"]["exporters"][0], Yaml::from("googlecloud"));
+    assert_eq!(
+        pipes["metrics"]["exporters"][0],
+        Yaml::from("googlemanagedprometheus")
+    );
     // Docker layer cache from the registry.
     let build = step_text(&doc, "build-image");
     assert!(build.contains("--cache-from=${_IMAGE}:builder"), "{build}");

@@ -9,6 +9,7 @@ mod demo;
 mod deploy;
 mod helpers;
 mod hostile;
+mod observability;
 mod operate;
 mod orders;
 mod pubsub_e2e;
