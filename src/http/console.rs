@@ -76,6 +76,25 @@ fn unavailable(st: &AppState, detail: impl std::fmt::Display) -> ApiError {
     }
 }
 
+/// The `n` newest documents of `collection` by `created_at` (one ordered query; filters are
+/// applied in process over this window so no composite index is needed).
+async fn newest(
+    st: &AppState,
+    collection: &str,
+    n: u32,
+) -> Result<Vec<firestore::FirestoreDocument>, ApiError> {
+    st.guard
+        .db()
+        .fluent()
+        .select()
+        .from(collection)
+        .order(|o| o.fields([o.field("created_at").descending()]))
+        .limit(n)
+        .query()
+        .await
+        .map_err(|e| unavailable(st, e))
+}
+
 fn limit_of(limit: Option<u32>) -> Result<u32, ApiError> {
     match limit {
         None => Ok(50),
@@ -159,17 +178,8 @@ pub async fn list_operations(
     let Query(q) = q.map_err(bad_query)?;
     let limit = limit_of(q.limit)?;
     let filtered = q.outcome.is_some() || q.kind.is_some();
-    let docs = st
-        .guard
-        .db()
-        .fluent()
-        .select()
-        .from(st.config.collections.operations.as_str())
-        .order(|o| o.fields([o.field("created_at").descending()]))
-        .limit(if filtered { SCAN_WINDOW } else { limit })
-        .query()
-        .await
-        .map_err(|e| unavailable(&st, e))?;
+    let n = if filtered { SCAN_WINDOW } else { limit };
+    let docs = newest(&st, &st.config.collections.operations, n).await?;
     let operations = docs
         .iter()
         .filter_map(|d| FirestoreDb::deserialize_doc_to::<StatusRecord>(d).ok())
@@ -387,17 +397,8 @@ pub async fn list_dead_letters(
     let Query(q) = q.map_err(bad_query)?;
     let limit = limit_of(q.limit)?;
     let filtered = q.reason.is_some() || q.route.is_some();
-    let docs = st
-        .guard
-        .db()
-        .fluent()
-        .select()
-        .from(st.config.collections.dead_letters.as_str())
-        .order(|o| o.fields([o.field("created_at").descending()]))
-        .limit(if filtered { SCAN_WINDOW } else { limit })
-        .query()
-        .await
-        .map_err(|e| unavailable(&st, e))?;
+    let n = if filtered { SCAN_WINDOW } else { limit };
+    let docs = newest(&st, &st.config.collections.dead_letters, n).await?;
     let dead_letters = docs
         .iter()
         .filter_map(|d| {
