@@ -147,16 +147,17 @@ async fn console_looks_up_an_order_and_redrives_a_dead_letter_in_chromium() {
         .await
         .unwrap();
     assert!(body.contains("orders-push"), "{body}");
-    let counters = browser
-        .find(Locator::Id("counters-body"))
+    // The live counters come from this service's /metrics: the order placed above is counted.
+    let counters = wait(&browser)
+        .for_element(Locator::Css("#counters-body[data-state=live]"))
         .await
-        .unwrap()
-        .attr("data-state")
+        .expect("the counters panel reads /metrics")
+        .text()
         .await
         .unwrap();
     assert!(
-        matches!(counters.as_deref(), Some("absent" | "live")),
-        "{counters:?}"
+        counters.contains("once_deliveries_total{source=\"http\",outcome=\"processed\"}"),
+        "{counters}"
     );
     let shot = browser.screenshot().await.unwrap();
     std::fs::write(
