@@ -18,7 +18,8 @@
 //!
 //! Options: `--secs N` (measured seconds per run, default 5), `--smoke`, `--only 1,2,3b`
 //! (some scenarios), `--service-env K=V` (extra environment for the service, for experiments),
-//! `--out FILE` (also write the table there). `ONCE_TEST_EMULATOR_HOST=host:port` reuses a
+//! `--out FILE` (also write the table there), `--old-bin PATH` (see below).
+//! `ONCE_TEST_EMULATOR_HOST=host:port` reuses a
 //! running emulator; an inherited `FIRESTORE_EMULATOR_HOST` is ignored (a gcloud shell leaves
 //! it set, and a bench must not load someone's emulator by accident).
 //!
@@ -29,6 +30,13 @@
 //! The service's CPU per order is utime+stime from `/proc/<pid>/stat` over the measured phase
 //! divided by the orders answered; its peak RSS is `VmHWM` from `/proc/<pid>/status`. For the
 //! baseline rows the CPU column is this process's own CPU (the in-process client's cost).
+//!
+//! `--old-bin PATH` compares two builds of the service in one run: every single-instance
+//! scenario runs against this build's service (`service` rows) and against the binary at
+//! PATH (`old` rows), back to back on fresh projects of the same emulator, the order of the two
+//! alternating from one scenario to the next so neither always meets the warmer emulator. The
+//! raw-transaction rows are skipped then, and the report ends with new ÷ old for every figure
+//! (orders/s, p99, CPU per order, peak RSS) against the ±10 % bound of issue 12.
 
 #[path = "bench/redrive.rs"]
 mod redrive;
@@ -76,6 +84,14 @@ struct Scenario {
     baseline: bool,
     /// Service processes sharing the project; the clients are split evenly over them.
     instances: usize,
+}
+
+impl Scenario {
+    /// Whether `--old-bin` runs this scenario against the old build too: every
+    /// single-instance one except the metrics-off twin (older builds may have no metrics).
+    fn compares(&self) -> bool {
+        self.instances == 1 && self.id != "1m"
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -137,6 +153,8 @@ struct Args {
     out: Option<PathBuf>,
     /// Dead letters of the redrive scenario (`--only redrive`).
     redrive_count: usize,
+    /// `--old-bin PATH`: a second service binary run beside this one (single-instance rows).
+    old_bin: Option<PathBuf>,
 }
 
 fn args() -> Result<Args> {
@@ -148,6 +166,7 @@ fn args() -> Result<Args> {
         long: false,
         out: None,
         redrive_count: 10_000,
+        old_bin: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -174,6 +193,13 @@ fn args() -> Result<Args> {
                 a.service_env.push((k.to_string(), v.to_string()));
             }
             "--out" => a.out = Some(it.next().context("--out needs a file")?.into()),
+            "--old-bin" => {
+                let p = PathBuf::from(it.next().context("--old-bin needs a service binary")?);
+                if !p.is_file() {
+                    bail!("--old-bin {}: no such file", p.display());
+                }
+                a.old_bin = Some(p);
+            }
             "--redrive-count" => {
                 a.redrive_count = it
                     .next()
@@ -181,7 +207,7 @@ fn args() -> Result<Args> {
                     .context("--redrive-count needs a number")?
             }
             "-h" | "--help" => {
-                println!("usage: bench [--smoke] [--long] [--secs N] [--only 1,2,3,3b,4,4r,5,5r] [--service-env K=V]... [--out FILE]");
+                println!("usage: bench [--smoke] [--long] [--secs N] [--only 1,2,3,3b,4,4r,5,5r] [--service-env K=V]... [--out FILE] [--old-bin PATH]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -363,6 +389,7 @@ async fn run(args: Args, service_bin: PathBuf, emulator: String) -> Result<()> {
         http: http.clone(),
         emulator: emulator.clone(),
         service_bin,
+        old_bin: args.old_bin.clone(),
         secs: args.secs,
         service_env: args.service_env.clone(),
         run_id: format!("b{:08x}", fastrand::u32(..)),
@@ -385,20 +412,28 @@ async fn run(args: Args, service_bin: PathBuf, emulator: String) -> Result<()> {
         .into_iter()
         .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.id));
     for (n, sc) in chosen.enumerate() {
-        if sc.baseline {
+        if sc.baseline && env.old_bin.is_none() {
             let row = env.baseline(&sc, n).await?;
             eprintln!("{}", row_line(&row));
             rows.push(row);
         }
-        let (row, invariant) = env.service(&sc, n).await?;
-        eprintln!("{}", row_line(&row));
-        if let Err(e) = invariant {
-            broken.push(format!(
-                "scenario {} ({} clients, {} instances): {e}",
-                sc.id, sc.clients, sc.instances
-            ));
+        // With --old-bin, each single-instance scenario runs against both builds; which goes
+        // first alternates, so neither always meets the emulator in the warmer state.
+        let mut runners: Vec<(&PathBuf, &'static str)> = vec![(&env.service_bin, "service")];
+        if let Some(old) = env.old_bin.as_ref().filter(|_| sc.compares()) {
+            runners.insert(n % 2, (old, "old"));
         }
-        rows.push(row);
+        for (bin, runner) in runners {
+            let (row, invariant) = env.service(&sc, n, bin, runner).await?;
+            eprintln!("{}", row_line(&row));
+            if let Err(e) = invariant {
+                broken.push(format!(
+                    "scenario {} ({} clients, {} instances, {runner}): {e}",
+                    sc.id, sc.clients, sc.instances
+                ));
+            }
+            rows.push(row);
+        }
     }
 
     let report = render(&machine, &args, startup, &rows);
@@ -454,6 +489,8 @@ struct Env {
     http: reqwest::Client,
     emulator: String,
     service_bin: PathBuf,
+    /// `--old-bin`: the build compared with this one.
+    old_bin: Option<PathBuf>,
     secs: f64,
     service_env: Vec<(String, String)>,
     run_id: String,
@@ -805,9 +842,14 @@ impl Env {
         Ok(PLENTY * ids.len() as i64 - left)
     }
 
-    async fn start_service(&self, project: &str, extra: &[(&str, &str)]) -> Result<Service> {
+    async fn start_service(
+        &self,
+        bin: &PathBuf,
+        project: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Service> {
         let port = free_port()?;
-        let mut cmd = Command::new(&self.service_bin);
+        let mut cmd = Command::new(bin);
         cmd.env("FIRESTORE_EMULATOR_HOST", &self.emulator)
             .env("GOOGLE_CLOUD_PROJECT", project)
             .env("PORT", port.to_string())
@@ -824,7 +866,7 @@ impl Env {
         }
         let child = cmd
             .spawn()
-            .with_context(|| format!("starting {}", self.service_bin.display()))?;
+            .with_context(|| format!("starting {}", bin.display()))?;
         let svc = Service::new(child, format!("http://127.0.0.1:{port}"));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -1029,21 +1071,24 @@ impl Env {
             usize::MAX,
         )
         .await;
-        let svc = self.start_service(&project, &[]).await?;
-        let http = Target::Http {
-            http: self.http.clone(),
-            url: format!("{}/orders", svc.url),
-        };
-        Self::drive(
-            &http,
-            sc.shape,
-            sc.clients,
-            "warm-svc",
-            None,
-            secs,
-            usize::MAX,
-        )
-        .await;
+        let bins = std::iter::once(&self.service_bin).chain(self.old_bin.as_ref());
+        for (i, bin) in bins.enumerate() {
+            let svc = self.start_service(bin, &project, &[]).await?;
+            let http = Target::Http {
+                http: self.http.clone(),
+                url: format!("{}/orders", svc.url),
+            };
+            Self::drive(
+                &http,
+                sc.shape,
+                sc.clients,
+                &format!("warm-svc{i}"),
+                None,
+                secs,
+                usize::MAX,
+            )
+            .await;
+        }
         Ok(())
     }
 
@@ -1085,8 +1130,14 @@ impl Env {
         Ok(row)
     }
 
-    async fn service(&self, sc: &Scenario, n: usize) -> Result<(Row, Result<(), String>)> {
-        let project = self.project(n, "svc");
+    async fn service(
+        &self,
+        sc: &Scenario,
+        n: usize,
+        bin: &PathBuf,
+        runner: &'static str,
+    ) -> Result<(Row, Result<(), String>)> {
+        let project = self.project(n, runner);
         let ids = Self::items_for(sc.shape);
         self.seed(&project, &ids).await?;
         let mut services = Vec::with_capacity(sc.instances);
@@ -1094,7 +1145,7 @@ impl Env {
             let mut env = sc.env.clone();
             let id = i.to_string();
             env.push(("ONCE_INSTANCE_ID", id.as_str()));
-            services.push(self.start_service(&project, &env).await?);
+            services.push(self.start_service(bin, &project, &env).await?);
         }
         let pids: Vec<u32> = services.iter().map(|s| s.child.id()).collect();
         let targets: Vec<Target> = services
@@ -1109,7 +1160,7 @@ impl Env {
         } else {
             Target::Spread(targets)
         };
-        let prefix = format!("svc{n}");
+        let prefix = format!("{runner}{n}");
         let replay = match sc.shape {
             Shape::Replay => Some(self.preload(&target, &prefix).await?),
             _ => None,
@@ -1136,7 +1187,7 @@ impl Env {
             .into_iter()
             .fold(0.0, f64::max);
         drop(services);
-        let mut row = self.row(sc, "service", &m);
+        let mut row = self.row(sc, runner, &m);
         row.cpu_ms_per_order = Some(cpu * 1000.0 / row.orders.max(1) as f64);
         row.peak_rss_mb = Some(rss);
         // Invariant: stock taken = units of the orders answered 200 (each exactly once); for
@@ -1387,5 +1438,80 @@ fn render(machine: &str, args: &Args, startup_ms: f64, rows: &[Row]) -> String {
             mark(rss < 20.0)
         );
     }
+    compare_old(&mut s, rows);
     s
+}
+
+/// With `--old-bin`: this build ÷ the old one for every figure of every scenario both ran.
+/// Issue 12's bound: each single-instance figure within 10 % of the old build's.
+fn compare_old(s: &mut String, rows: &[Row]) {
+    let pairs: Vec<(&Row, &Row)> = rows
+        .iter()
+        .filter(|r| r.runner == "old")
+        .filter_map(|old| {
+            rows.iter()
+                .find(|r| {
+                    r.runner == "service"
+                        && r.scenario == old.scenario
+                        && r.clients == old.clients
+                        && r.instances == old.instances
+                })
+                .map(|new| (new, old))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\nThis build ÷ the old build (`--old-bin`), same run. Within 10 %: orders/s ≥ 0.90 ×, \
+         p99, CPU per order and peak RSS ≤ 1.10 ×.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| scenario | clients | orders/s new / old | × | p99 ms new / old | × | CPU ms/order new / old | × | peak RSS MB new / old | × |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut outside = Vec::new();
+    for (new, old) in pairs {
+        let ratio = |a: f64, b: f64| a / b.max(1e-9);
+        let cpu = |r: &Row| r.cpu_ms_per_order.unwrap_or(f64::NAN);
+        let rss = |r: &Row| r.peak_rss_mb.unwrap_or(f64::NAN);
+        let figures = [
+            ("orders/s", new.per_sec, old.per_sec, true),
+            ("p99", new.p99_ms, old.p99_ms, false),
+            ("CPU/order", cpu(new), cpu(old), false),
+            ("RSS", rss(new), rss(old), false),
+        ];
+        let mut cells = Vec::new();
+        for (name, a, b, higher_is_better) in figures {
+            let x = ratio(a, b);
+            let ok = if higher_is_better { x >= 0.9 } else { x <= 1.1 };
+            if !ok {
+                outside.push(format!("{} @{} {name} {x:.2} ×", new.scenario, new.clients));
+            }
+            let prec = if name == "CPU/order" { 3 } else { 1 };
+            cells.push(format!(
+                "{a:.prec$} / {b:.prec$} | {}{x:.2}{} ",
+                if ok { "" } else { "**" },
+                if ok { "" } else { "**" }
+            ));
+        }
+        let _ = writeln!(
+            s,
+            "| {} | {} | {}|",
+            new.scenario,
+            new.clients,
+            cells.join("| ")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "Figures outside 10 % of the old build: {}",
+        if outside.is_empty() {
+            "none".to_string()
+        } else {
+            outside.join(", ")
+        }
+    );
 }
