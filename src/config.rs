@@ -1,5 +1,6 @@
 //! Configuration, read once from the environment as Cloud Run provides it.
 
+use crate::ops::stock::OwnShard;
 use anyhow::{bail, Context};
 use std::time::Duration;
 
@@ -21,9 +22,10 @@ pub struct Collections {
     /// stock may be spread over so several instances can sell one hot item without writing
     /// the same document (see docs/scale-out.md); 0 sells from `{items}/{id}.stock` alone.
     pub stock_shards: u32,
-    /// The shard this instance prefers (`hash(ONCE_INSTANCE_ID) mod stock_shards`; the
-    /// instance ID is random per process unless set).
-    pub own_shard: u32,
+    /// The shard this instance prefers: first `hash(ONCE_INSTANCE_ID) mod stock_shards` (the
+    /// instance ID is random per process unless set), another one after repeated conflicts
+    /// on it (see [`OwnShard`]).
+    pub own_shard: OwnShard,
 }
 
 /// Default of `ONCE_STOCK_SHARDS`.
@@ -54,7 +56,7 @@ impl Default for Collections {
             dead_letters: "dead_letters".into(),
             leases: "leases".into(),
             stock_shards: DEFAULT_STOCK_SHARDS,
-            own_shard: 0,
+            own_shard: OwnShard::new(0),
         }
     }
 }
@@ -220,7 +222,7 @@ impl Config {
                 dead_letters: name("ONCE_DEAD_LETTERS_COLLECTION", "dead_letters")?,
                 leases: name("ONCE_LEASES_COLLECTION", "leases")?,
                 stock_shards,
-                own_shard: shard_of(&instance_id, stock_shards),
+                own_shard: OwnShard::new(shard_of(&instance_id, stock_shards)),
             },
             instance_id,
             retention: Duration::from_secs(retention_days.max(1) * 24 * 3600),
@@ -319,14 +321,14 @@ mod tests {
         assert_eq!(
             c.collections,
             Collections {
-                own_shard: c.collections.own_shard,
+                own_shard: c.collections.own_shard.clone(),
                 ..Collections::default()
             }
         );
-        assert!(c.collections.own_shard < DEFAULT_STOCK_SHARDS);
+        assert!(c.collections.own_shard.get() < DEFAULT_STOCK_SHARDS);
         let c = cfg(&[("ONCE_INSTANCE_ID", "5"), ("ONCE_STOCK_SHARDS", "4")]).unwrap();
         assert_eq!(
-            (c.collections.stock_shards, c.collections.own_shard),
+            (c.collections.stock_shards, c.collections.own_shard.get()),
             (4, 1)
         );
         assert_eq!(shard_of("rev-abc", 0), 0);

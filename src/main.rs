@@ -152,7 +152,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         emulator = std::env::var("FIRESTORE_EMULATOR_HOST").ok(),
         instance_id = config.instance_id,
         stock_shards = config.collections.stock_shards,
-        own_shard = config.collections.own_shard,
+        own_shard = config.collections.own_shard.get(),
         "serving"
     );
     // Two stages: on SIGTERM axum stops accepting and drains in-flight requests; the grace

@@ -452,7 +452,13 @@ impl Inner {
         if let Some(hook) = hook {
             hook().await;
         }
-        match self.driver.commit(folded.writes).await {
+        let committed = self.driver.commit(folded.writes).await;
+        let conflict = matches!(&committed, Err(e) if e.is_conflict());
+        // Once per commit: every operation of a lane read the same documents.
+        if let Some((p, _)) = batch.iter().zip(&folded.needs_commit).find(|(_, n)| **n) {
+            p.op.committed(conflict);
+        }
+        match committed {
             Ok(()) => Ok(folded.replies),
             Err(e) if e.is_conflict() => Err(Attempt::Conflict(e.to_string())),
             Err(e) => {

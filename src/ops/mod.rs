@@ -336,4 +336,10 @@ pub trait Operation: Send + Sync + 'static {
     /// Pure: no I/O, no clock, no randomness; the guard may call it again on a retried
     /// transaction, or fold it over a batch.
     fn decide(&self, snapshot: &Snapshot) -> Result<Decision, OpError>;
+    /// Told after each commit attempt of a batch this operation's reply depended on (once per
+    /// commit, on the batch's first such operation: all of a batch read the same documents);
+    /// `conflict` when a precondition refused it (nothing written, decided again on fresh
+    /// reads). An order uses it to leave a stock shard another instance also prefers; most
+    /// operations ignore it.
+    fn committed(&self, _conflict: bool) {}
 }

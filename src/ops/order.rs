@@ -2,7 +2,7 @@
 //! business rejection stored as an outcome instead of raised (which would roll back the status
 //! write and make every redelivery try again, forever).
 
-use super::stock::{ItemStock, Take};
+use super::stock::{ItemStock, OwnShard, Take};
 use super::{Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, Write};
 use crate::config::Collections;
 use crate::guard::key::{hashed_id, is_valid_document_id, Fingerprint};
@@ -56,7 +56,10 @@ pub struct Order {
     items: String,
     orders: String,
     shards: u32,
+    /// The instance's preferred shard when this order was parsed: its reads and lane.
     own_shard: u32,
+    /// The instance's preference, told how this order's commits went (see [`OwnShard`]).
+    prefer: OwnShard,
 }
 
 /// The accepted order as stored in `orders/{operation_id}`.
@@ -220,7 +223,8 @@ impl Order {
             items: ctx.collections.items.clone(),
             orders: ctx.collections.orders.clone(),
             shards: ctx.collections.stock_shards,
-            own_shard: ctx.collections.own_shard,
+            own_shard: ctx.collections.own_shard.get(),
+            prefer: ctx.collections.own_shard.clone(),
         })
     }
 
@@ -310,6 +314,27 @@ impl Operation for Order {
         result.insert("order_id".into(), json!(self.order_id));
         result.insert("lines".into(), json!(self.lines));
         Ok(Decision::Apply { writes, result })
+    }
+
+    fn committed(&self, conflict: bool) {
+        let Some(from) = self
+            .lines
+            .first()
+            .and_then(|l| self.stock(&l.item_id).own())
+        else {
+            return;
+        };
+        if let Some(to) = self.prefer.observe(from, self.shards, conflict) {
+            tracing::warn!(
+                operation_id = %hashed_id(self.kind(), &self.order_id),
+                order_id = %self.order_id,
+                from_shard = from,
+                to_shard = to,
+                conflicts = super::stock::MOVE_AFTER_CONFLICTS,
+                outcome = "shard_moved",
+                "stock shard moved after repeated conflicts on it (another instance prefers it too)"
+            );
+        }
     }
 }
 

@@ -16,6 +16,92 @@
 //!   rejected while the item's total covers it, and never oversold.
 
 use super::{DocRef, OpError, Snapshot, Stock, Write};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+/// Conflicts in a row on the own shard after which an instance moves to another shard.
+pub const MOVE_AFTER_CONFLICTS: u32 = 3;
+
+/// The shard this instance prefers, shared by every order it parses (clones share it).
+///
+/// It starts at `hash(ONCE_INSTANCE_ID) mod K`, but instance IDs can collide mod K, and two
+/// instances on one shard conflict on nearly every commit (each wins about half the races).
+/// So after [`MOVE_AFTER_CONFLICTS`] commits in a row refused by a precondition, the instance
+/// moves to another shard picked at random; any commit that goes through resets the count.
+/// A move changes nothing for correctness: stock already in the old shard stays part of the
+/// total and is sold by whoever prefers that shard, or gathered.
+#[derive(Clone, Default)]
+pub struct OwnShard(Arc<OwnShardState>);
+
+#[derive(Default)]
+struct OwnShardState {
+    current: AtomicU32,
+    conflicts: AtomicU32,
+}
+
+impl OwnShard {
+    /// Prefer shard `k` (taken mod K where used).
+    pub fn new(k: u32) -> Self {
+        Self(Arc::new(OwnShardState {
+            current: AtomicU32::new(k),
+            conflicts: AtomicU32::new(0),
+        }))
+    }
+
+    /// The shard preferred now.
+    pub fn get(&self) -> u32 {
+        self.0.current.load(Ordering::Relaxed)
+    }
+
+    /// A commit that wrote to shard `shard` (of `shards`) went through, or was refused by a
+    /// precondition (`conflict`). Returns the new shard when this conflict moved the instance.
+    /// Reports about a shard already left are ignored.
+    pub fn observe(&self, shard: u32, shards: u32, conflict: bool) -> Option<u32> {
+        let s = &self.0;
+        let current = s.current.load(Ordering::Relaxed);
+        if shards < 2 || shard != current % shards {
+            return None;
+        }
+        if !conflict {
+            s.conflicts.store(0, Ordering::Relaxed);
+            return None;
+        }
+        if s.conflicts.fetch_add(1, Ordering::Relaxed) + 1 < MOVE_AFTER_CONFLICTS {
+            return None;
+        }
+        // Uniform among the other K - 1 shards.
+        let mut to = fastrand::u32(..shards - 1);
+        if to >= shard {
+            to += 1;
+        }
+        let moved = s
+            .current
+            .compare_exchange(current, to, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        s.conflicts.store(0, Ordering::Relaxed);
+        moved.then_some(to)
+    }
+}
+
+impl PartialEq for OwnShard {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for OwnShard {}
+
+impl std::fmt::Debug for OwnShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OwnShard({})", self.get())
+    }
+}
+
+impl std::fmt::Display for OwnShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.get())
+    }
+}
 
 /// The documents that hold one item's stock.
 #[derive(Clone, Debug)]
@@ -59,6 +145,11 @@ impl ItemStock {
                 (own % shards) as usize
             },
         }
+    }
+
+    /// The shard this item's orders prefer here (its index), `None` without shards.
+    pub fn own(&self) -> Option<u32> {
+        (!self.shards.is_empty()).then_some(self.own as u32)
     }
 
     /// The main document, where the operator writes the stock.
@@ -242,6 +333,33 @@ mod tests {
         ));
         for d in it.all() {
             assert!(units(&s, &d) >= 0);
+        }
+    }
+
+    #[test]
+    fn repeated_conflicts_move_to_another_shard() {
+        let own = OwnShard::new(5);
+        let shared = own.clone();
+        // Shard 5 mod 4 = 1. Two conflicts, a commit that went through, two more: no move.
+        for conflict in [true, true, false, true, true] {
+            assert_eq!(own.observe(1, 4, conflict), None);
+        }
+        // Reports about another shard are ignored.
+        assert_eq!(own.observe(2, 4, true), None);
+        // The third conflict in a row moves it, to another shard; clones see the move.
+        let to = own.observe(1, 4, true).unwrap();
+        assert_ne!(to, 1);
+        assert!(to < 4);
+        assert_eq!(shared.get(), to);
+        // Late reports about the shard it left change nothing.
+        for _ in 0..MOVE_AFTER_CONFLICTS {
+            assert_eq!(own.observe(1, 4, true), None);
+        }
+        assert_eq!(own.get(), to);
+        // One shard (or none): nowhere to go.
+        let one = OwnShard::new(0);
+        for _ in 0..10 {
+            assert_eq!(one.observe(0, 1, true), None);
         }
     }
 

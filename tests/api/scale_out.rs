@@ -7,6 +7,7 @@ use crate::helpers::*;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use firestore_once::config::Collections;
 use firestore_once::invariants::{self, StockMap};
+use firestore_once::ops::stock::OwnShard;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -102,7 +103,10 @@ async fn a_rejection_is_never_based_on_a_stale_read() {
 async fn a_status_document_that_appeared_meanwhile_is_replayed() {
     let project = project();
     let a = spawn_app_with(project.clone(), |_| {}).await;
-    let b = spawn_app_with(project.clone(), |c| c.collections.own_shard = 1).await;
+    let b = spawn_app_with(project.clone(), |c| {
+        c.collections.own_shard = OwnShard::new(1)
+    })
+    .await;
     a.seed("apple", 10).await;
     let order = json!({"order_id": "dup", "item_id": "apple", "quantity": 2});
     // Between a's fold and its commit, the same order is processed through b.
@@ -127,7 +131,7 @@ async fn the_last_units_are_gathered_across_shards() {
     let shards = |own| {
         move |c: &mut firestore_once::config::Config| {
             c.collections.stock_shards = 4;
-            c.collections.own_shard = own;
+            c.collections.own_shard = OwnShard::new(own);
         }
     };
     let a = spawn_app_with(project.clone(), shards(0)).await;
@@ -175,7 +179,7 @@ async fn a_hot_item_sold_through_three_instances_under_a_storm_sells_exactly_its
         apps.push(
             spawn_app_with(project.clone(), move |c| {
                 c.collections.stock_shards = 4;
-                c.collections.own_shard = own;
+                c.collections.own_shard = OwnShard::new(own);
             })
             .await,
         );
