@@ -274,6 +274,13 @@ impl Operation for Order {
             .collect()
     }
 
+    fn reads_after(&self, first: &Snapshot) -> Vec<DocRef> {
+        self.lines
+            .iter()
+            .flat_map(|l| self.stock(&l.item_id).reads_after(first, l.quantity))
+            .collect()
+    }
+
     fn decide(&self, snapshot: &Snapshot) -> Result<Decision, OpError> {
         let mut writes = Vec::with_capacity(self.lines.len() * 2 + 1);
         // Lines name distinct items (checked at parse), so each reads its own documents.

@@ -6,7 +6,9 @@
 //! hot item write different documents. The item's total stock is always
 //! `main + Σ shards`; see docs/scale-out.md ("Data") for the rules:
 //!
-//! - **Own shard.** An instance takes from its own shard `k` when it covers the line.
+//! - **Own shard.** An instance takes from its own shard `k` when it covers the line; the
+//!   order then reads and writes that one document (the main document is read only when the
+//!   shard falls short).
 //! - **Refill.** Otherwise, when own shard + main cover it, one commit moves a chunk of
 //!   `max(needed, ceil(main / K))` units from main into the shard and takes the line.
 //! - **Gather.** Otherwise every shard is read (a second read, before any write) and the line
@@ -157,11 +159,23 @@ impl ItemStock {
         &self.main
     }
 
-    /// What an order reads first: the main document and the own shard.
+    /// What an order reads first: the own shard alone (the main document without shards).
+    /// While the own shard covers its lines an order needs nothing else, so the common case
+    /// reads one stock document, as before sharding.
     pub fn reads(&self) -> Vec<DocRef> {
-        let mut v = vec![self.main.clone()];
-        v.extend(self.shards.get(self.own).cloned());
-        v
+        vec![self.shards.get(self.own).unwrap_or(&self.main).clone()]
+    }
+
+    /// What taking `q` units needs besides [`reads`](Self::reads), given the first read: the
+    /// main document when the own shard does not cover `q` (refill, gather, or an unknown
+    /// item), nothing otherwise.
+    pub fn reads_after(&self, first: &Snapshot, q: i64) -> Vec<DocRef> {
+        match self.shards.get(self.own) {
+            Some(own) if !matches!(Self::units(first, own), Ok(Some(n)) if n >= q) => {
+                vec![self.main.clone()]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Every document of the item: main and all shards.
@@ -172,6 +186,17 @@ impl ItemStock {
     }
 
     fn units(snapshot: &Snapshot, doc: &DocRef) -> Result<Option<i64>, OpError> {
+        use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
+        let Some(fields) = snapshot.fields(doc)? else {
+            return Ok(None);
+        };
+        // The integer straight from the document, as it is on every order; anything else
+        // goes through the typed read (and its error).
+        if let Some(ValueType::IntegerValue(n)) =
+            fields.get("stock").and_then(|v| v.value_type.as_ref())
+        {
+            return Ok(Some(*n));
+        }
         Ok(snapshot.get::<Stock>(doc)?.map(|s| s.stock))
     }
 
@@ -201,6 +226,14 @@ impl ItemStock {
 
     /// Take `q` units (see the module rules).
     pub fn take(&self, snapshot: &Snapshot, q: i64) -> Result<Take, OpError> {
+        if let Some(own_doc) = self.shards.get(self.own) {
+            let own = Self::units(snapshot, own_doc)?.unwrap_or(0);
+            if own >= q {
+                return Ok(Take::Writes(vec![Self::write(snapshot, own_doc, own - q)?]));
+            }
+            // Short (within a batch, earlier orders may have emptied it): main is needed.
+            snapshot.require(std::slice::from_ref(&self.main))?;
+        }
         let Some(main) = Self::units(snapshot, &self.main)? else {
             return Ok(Take::Unknown);
         };
@@ -215,9 +248,6 @@ impl ItemStock {
             });
         };
         let own = Self::units(snapshot, own_doc)?.unwrap_or(0);
-        if own >= q {
-            return Ok(Take::Writes(vec![Self::write(snapshot, own_doc, own - q)?]));
-        }
         if own.saturating_add(main) >= q {
             let k = self.shards.len() as i64;
             let chunk = (q - own).max((main + k - 1) / k).min(main);
@@ -295,14 +325,21 @@ mod tests {
     fn own_shard_then_refill_from_main() {
         let it = ItemStock::new("items", "a", 4, 1);
         let own = DocRef::new("items/a/shards", "1");
-        assert_eq!(it.reads(), [DocRef::new("items", "a"), own.clone()]);
+        assert_eq!(it.reads(), std::slice::from_ref(&own));
+        // No shard yet: main is asked for, after the first read or from the fold.
+        let first = snap(vec![(own.clone(), None)]);
+        assert_eq!(it.reads_after(&first, 1), [it.main().clone()]);
+        assert!(matches!(it.take(&first, 1), Err(OpError::ReadMore { .. })));
         let mut s = snap(vec![(it.main().clone(), n(100)), (own.clone(), None)]);
         // No shard yet: a refill moves ceil(100 / 4) = 25 and takes 1.
         let t = it.take(&s, 1).unwrap();
         assert_eq!(after(&mut s, t), [it.main().clone(), own.clone()]);
         assert_eq!((units(&s, it.main()), units(&s, &own)), (75, 24));
-        // Now the shard alone covers it.
-        let t = it.take(&s, 3).unwrap();
+        // Now the shard alone covers it, read alone.
+        let alone = snap(vec![(own.clone(), n(24))]);
+        assert!(it.reads_after(&alone, 3).is_empty());
+        assert_eq!(it.reads_after(&alone, 25), [it.main().clone()]);
+        let t = it.take(&alone, 3).unwrap();
         assert_eq!(after(&mut s, t), std::slice::from_ref(&own));
         assert_eq!(units(&s, &own), 21);
     }
