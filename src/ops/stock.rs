@@ -105,12 +105,17 @@ impl std::fmt::Display for OwnShard {
     }
 }
 
-/// The documents that hold one item's stock.
+/// The documents that hold one item's stock. Shard references are made when needed: an
+/// order that its own shard covers names two documents, not K + 1.
 #[derive(Clone, Debug)]
 pub struct ItemStock {
     main: DocRef,
-    shards: Vec<DocRef>,
-    own: usize,
+    /// `{items}/{id}/shards`, empty without shards.
+    col: String,
+    /// K.
+    shards: u32,
+    /// The preferred shard, in 0..K.
+    own: u32,
 }
 
 /// What taking `q` units decided.
@@ -135,23 +140,29 @@ pub fn shard_collection(items: &str, item_id: &str) -> String {
 impl ItemStock {
     /// Item `id` in `items`, spread over `shards` shard documents, preferring `own`.
     pub fn new(items: &str, id: &str, shards: u32, own: u32) -> Self {
-        let col = shard_collection(items, id);
         Self {
             main: DocRef::new(items, id),
-            shards: (0..shards)
-                .map(|k| DocRef::new(&col, k.to_string()))
-                .collect(),
-            own: if shards == 0 {
-                0
+            col: if shards == 0 {
+                String::new()
             } else {
-                (own % shards) as usize
+                shard_collection(items, id)
             },
+            shards,
+            own: if shards == 0 { 0 } else { own % shards },
         }
     }
 
     /// The shard this item's orders prefer here (its index), `None` without shards.
     pub fn own(&self) -> Option<u32> {
-        (!self.shards.is_empty()).then_some(self.own as u32)
+        (self.shards > 0).then_some(self.own)
+    }
+
+    fn shard(&self, k: u32) -> DocRef {
+        DocRef::new(self.col.as_str(), k.to_string())
+    }
+
+    fn own_doc(&self) -> Option<DocRef> {
+        self.own().map(|k| self.shard(k))
     }
 
     /// The main document, where the operator writes the stock.
@@ -163,15 +174,15 @@ impl ItemStock {
     /// While the own shard covers its lines an order needs nothing else, so the common case
     /// reads one stock document, as before sharding.
     pub fn reads(&self) -> Vec<DocRef> {
-        vec![self.shards.get(self.own).unwrap_or(&self.main).clone()]
+        vec![self.own_doc().unwrap_or_else(|| self.main.clone())]
     }
 
     /// What taking `q` units needs besides [`reads`](Self::reads), given the first read: the
     /// main document when the own shard does not cover `q` (refill, gather, or an unknown
     /// item), nothing otherwise.
     pub fn reads_after(&self, first: &Snapshot, q: i64) -> Vec<DocRef> {
-        match self.shards.get(self.own) {
-            Some(own) if !matches!(Self::units(first, own), Ok(Some(n)) if n >= q) => {
+        match self.own_doc() {
+            Some(own) if !matches!(Self::units(first, &own), Ok(Some(n)) if n >= q) => {
                 vec![self.main.clone()]
             }
             _ => Vec::new(),
@@ -181,7 +192,7 @@ impl ItemStock {
     /// Every document of the item: main and all shards.
     pub fn all(&self) -> Vec<DocRef> {
         let mut v = vec![self.main.clone()];
-        v.extend(self.shards.iter().cloned());
+        v.extend((0..self.shards).map(|k| self.shard(k)));
         v
     }
 
@@ -210,8 +221,8 @@ impl ItemStock {
             return Ok(None);
         };
         let mut total = main;
-        for s in &self.shards {
-            total = total.saturating_add(Self::units(snapshot, s)?.unwrap_or(0));
+        for k in 0..self.shards {
+            total = total.saturating_add(Self::units(snapshot, &self.shard(k))?.unwrap_or(0));
         }
         Ok(Some(total))
     }
@@ -226,7 +237,8 @@ impl ItemStock {
 
     /// Take `q` units (see the module rules).
     pub fn take(&self, snapshot: &Snapshot, q: i64) -> Result<Take, OpError> {
-        if let Some(own_doc) = self.shards.get(self.own) {
+        let own_doc = self.own_doc();
+        if let Some(own_doc) = &own_doc {
             let own = Self::units(snapshot, own_doc)?.unwrap_or(0);
             if own >= q {
                 return Ok(Take::Writes(vec![Self::write(snapshot, own_doc, own - q)?]));
@@ -237,7 +249,7 @@ impl ItemStock {
         let Some(main) = Self::units(snapshot, &self.main)? else {
             return Ok(Take::Unknown);
         };
-        let Some(own_doc) = self.shards.get(self.own) else {
+        let Some(own_doc) = own_doc else {
             return Ok(if main >= q {
                 Take::Writes(vec![Write::update(
                     self.main.clone(),
@@ -247,9 +259,9 @@ impl ItemStock {
                 Take::Short { available: main }
             });
         };
-        let own = Self::units(snapshot, own_doc)?.unwrap_or(0);
+        let own = Self::units(snapshot, &own_doc)?.unwrap_or(0);
         if own.saturating_add(main) >= q {
-            let k = self.shards.len() as i64;
+            let k = i64::from(self.shards);
             let chunk = (q - own).max((main + k - 1) / k).min(main);
             return Ok(Take::Writes(vec![
                 Write::update(
@@ -258,7 +270,7 @@ impl ItemStock {
                         stock: main - chunk,
                     },
                 )?,
-                Self::write(snapshot, own_doc, own + chunk - q)?,
+                Self::write(snapshot, &own_doc, own + chunk - q)?,
             ]));
         }
         // Gather: the last units may sit in other instances' shards.
@@ -270,18 +282,19 @@ impl ItemStock {
         }
         let mut left = q;
         let mut writes = Vec::new();
-        let order = std::iter::once(own_doc)
-            .chain(std::iter::once(&self.main))
-            .chain(self.shards.iter().filter(|s| *s != own_doc));
+        let others = (0..self.shards)
+            .filter(|k| *k != self.own)
+            .map(|k| self.shard(k));
+        let order = [own_doc, self.main.clone()].into_iter().chain(others);
         for doc in order {
             if left == 0 {
                 break;
             }
-            let have = Self::units(snapshot, doc)?.unwrap_or(0);
+            let have = Self::units(snapshot, &doc)?.unwrap_or(0);
             let took = have.min(left);
             if took > 0 {
                 left -= took;
-                writes.push(Self::write(snapshot, doc, have - took)?);
+                writes.push(Self::write(snapshot, &doc, have - took)?);
             }
         }
         Ok(Take::Writes(writes))
