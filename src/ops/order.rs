@@ -324,13 +324,10 @@ impl Operation for Order {
     }
 
     fn committed(&self, conflict: bool) {
-        let Some(from) = self
-            .lines
-            .first()
-            .and_then(|l| self.stock(&l.item_id).own())
-        else {
+        if self.shards == 0 {
             return;
-        };
+        }
+        let from = self.own_shard % self.shards;
         if let Some(to) = self.prefer.observe(from, self.shards, conflict) {
             tracing::warn!(
                 operation_id = %hashed_id(self.kind(), &self.order_id),
