@@ -6,10 +6,10 @@
 //! Run it against an emulator (prints the first outcome, then the replay):
 //! `FIRESTORE_EMULATOR_HOST=127.0.0.1:8085 cargo run --example award_points`
 
-use firestore_once::guard::key::Fingerprint;
-use firestore_once::ops::order::ValidationError;
-use firestore_once::ops::registry::{doc_id_field, object, positive_field};
-use firestore_once::ops::{
+use firestore_once::engine::key::Fingerprint;
+use firestore_once::engine::parse::{doc_id_field, object, positive_field};
+use firestore_once::engine::ValidationError;
+use firestore_once::engine::{
     Decision, DocRef, OpError, Operation, ParseCtx, Registry, Snapshot, Write,
 };
 use serde::{Deserialize, Serialize};
@@ -91,7 +91,7 @@ pub fn register(registry: &mut Registry) {
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    use firestore_once::delivery::DeliveryMeta;
+    use firestore_once::engine::DeliveryMeta;
     use firestore_once::guard::{Guard, GuardConfig};
     let project = std::env::var("GOOGLE_CLOUD_PROJECT").unwrap_or_else(|_| "demo-award".into());
     let db =

@@ -25,8 +25,8 @@
 //! a batch of operations on the same documents (group commit).
 //!
 //! ```
-//! use firestore_once::guard::key::Fingerprint;
-//! use firestore_once::ops::{Decision, DocRef, OpError, Operation, Registry, Snapshot, Write};
+//! use firestore_once::engine::key::Fingerprint;
+//! use firestore_once::engine::{Decision, DocRef, OpError, Operation, Registry, Snapshot, Write};
 //! use serde_json::{json, Map};
 //! use std::sync::Arc;
 //!
@@ -50,7 +50,7 @@
 //! let mut kinds = Registry::with_builtin();
 //! kinds.register("redeem", |body, ctx| {
 //!     let (key, _) = ctx.key(body, "redemption_id", || Fingerprint::of("redeem", body))?;
-//!     let coupon = firestore_once::ops::registry::doc_id_field(body, "coupon")?;
+//!     let coupon = firestore_once::engine::parse::doc_id_field(body, "coupon")?;
 //!     Ok(Arc::new(Redeem { redemption_id: key, coupon }) as Arc<dyn Operation>)
 //! });
 //! assert!(kinds.get("redeem").is_some());
@@ -71,13 +71,14 @@
 
 pub mod config;
 pub mod delivery;
+pub mod engine;
 pub mod faults;
 pub mod guard;
 pub mod http;
-pub mod invariants;
 pub mod metrics;
-pub mod ops;
 pub mod redrive;
+pub mod server;
+pub mod shop;
 pub mod telemetry;
 pub mod tracing_otel;
 

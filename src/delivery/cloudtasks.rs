@@ -1,7 +1,8 @@
 //! Cloud Tasks HTTP targets: a plain body plus `X-CloudTasks-*` headers. Cloud Tasks retries
 //! anything but 2xx and honours `Retry-After` on 429 and 503.
 
-use super::{header, DeliveryMeta};
+use super::header;
+use crate::engine::DeliveryMeta;
 use axum::http::HeaderMap;
 
 /// Delivery identity of a Cloud Tasks request, `None` when the headers are absent.

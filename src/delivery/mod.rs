@@ -22,10 +22,9 @@ pub mod cloudtasks;
 pub mod firestore_event;
 pub mod pubsub;
 
+use crate::engine::DeliveryMeta;
 use axum::http::HeaderMap;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
 
 /// Longest accepted `Idempotency-Key` (the Stripe convention).
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -43,23 +42,6 @@ pub enum Mode {
     /// A platform (Pub/Sub, Eventarc, Cloud Tasks) that redelivers anything but 2xx, so a
     /// delivery that can never succeed is recorded as a dead letter and acknowledged.
     Push,
-}
-
-/// Transport identity of one delivery: logged with every decision and stored on the status
-/// document of the first processing, so "which message did this?" has an answer.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeliveryMeta {
-    /// `http`, `pubsub`, `eventarc` or `cloudtasks`.
-    pub source: String,
-    /// The transport's ID of this delivery (ce-id, messageId, task name), when it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Delivery attempt as the transport counts it, when it says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attempt: Option<i64>,
-    /// Other correlation fields (subscription, ce-source, ce-type, queue…).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub attrs: BTreeMap<String, String>,
 }
 
 /// What a decodable delivery asks for.

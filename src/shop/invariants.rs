@@ -25,7 +25,7 @@
 //!    as a document ID verbatim.
 
 use crate::config::Collections;
-use crate::guard::key::hashed_id;
+use crate::engine::key::hashed_id;
 use firestore::gcloud_sdk::google::firestore::v1::Document;
 use firestore::FirestoreDb;
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,7 @@ use std::fmt;
 pub type StockMap = BTreeMap<String, i64>;
 
 /// Order states that keep the order's stock taken (everything but `cancelled`).
-const CANCELLED: &str = "cancelled";
+const CANCELLED: &str = super::order::OrderState::Cancelled.as_str();
 
 /// One order line as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
