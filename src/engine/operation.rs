@@ -21,7 +21,7 @@ use std::collections::HashMap;
 pub struct DocRef {
     /// Collection ID, e.g. `items`.
     pub collection: String,
-    /// Document ID; must already be a valid Firestore ID (see [`crate::guard::key`]).
+    /// Document ID; must already be a valid Firestore ID (see [`crate::engine::key`]).
     pub id: String,
 }
 

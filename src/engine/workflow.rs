@@ -138,10 +138,16 @@ impl TaskRecord {
     }
 }
 
-/// A step's operation plus the writes the runner adds to its commit (the task record on the
-/// first step, the lease release on a step that called out). Only an applied step gets them:
-/// a rejection writes nothing but its status document.
+/// A step's operation as the runner commits it: under the step's kind and the workflow's key
+/// (so its operation ID is the one the runner looks up and leases, whatever the inner
+/// operation says), plus the runner's own writes (the task record on the first step, the
+/// lease release on a step that called out). Only an applied step gets them: a rejection
+/// writes nothing but its status document.
 pub struct StepOperation {
+    /// The step.
+    pub step: StepSpec,
+    /// The workflow's key.
+    pub key: String,
     /// The workflow's own operation for the step.
     pub inner: Arc<dyn Operation>,
     /// Written with the step when it applies; built from the decision time.
@@ -150,10 +156,10 @@ pub struct StepOperation {
 
 impl Operation for StepOperation {
     fn kind(&self) -> &'static str {
-        self.inner.kind()
+        self.step.kind
     }
     fn key(&self) -> &str {
-        self.inner.key()
+        &self.key
     }
     fn fingerprint(&self) -> Fingerprint {
         self.inner.fingerprint()

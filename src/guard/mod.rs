@@ -250,7 +250,7 @@ impl Guard {
             tokio::spawn(lead(self.inner.clone(), lane));
         }
         rx.await
-            .unwrap_or_else(|_| Err(GuardError::Unavailable(Unavailable::TaskEnded)))
+            .unwrap_or(Err(GuardError::Unavailable(Unavailable::TaskEnded)))
     }
 }
 

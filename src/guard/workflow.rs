@@ -96,6 +96,8 @@ fn step_operation(
         .then(|| DocRef::new(&collections.leases, step.operation_id(w.key())));
     let wf = w.clone();
     Arc::new(StepOperation {
+        step: *step,
+        key: w.key().to_string(),
         inner: w.step(step, called),
         extra: Arc::new(move |now| {
             let mut writes = Vec::new();

@@ -140,8 +140,11 @@ pub async fn post_orders(State(st): State<AppState>, req: Request) -> Response {
     path = "/tasks/{kind}",
     tag = "work",
     params(
-        ("kind" = inline(crate::http::openapi::TaskKind), Path,
-         description = "A task kind: `restock`, `cancel_order`, `fulfil_order`, `order`."),
+        ("kind" = String, Path, example = "restock",
+         description = "A registered task kind. This binary registers `order`, `restock`, \
+            `cancel_order` and the workflow `fulfil_order`; a service that registers its own \
+            kinds (see `examples/`) serves those too, so the set is open. An unknown kind is a \
+            404 whose `known_kinds` lists them."),
         crate::http::openapi::DeliveryHeaders,
     ),
     request_body(

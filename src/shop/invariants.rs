@@ -9,7 +9,7 @@
 //!
 //! 1. **Stock adds up.** For every item: `initial + restocked = current + held`, where
 //!    `current` is the item's total stock, `{items}/{id}.stock` plus every shard
-//!    `{items}/{id}/shards/{k}.stock` (see `ops::stock`),
+//!    `{items}/{id}/shards/{k}.stock` (see `shop::stock`),
 //!    `restocked` sums the processed `restock` operations on it and `held` sums the lines of
 //!    every order that still holds its stock (any state but `cancelled`: `processed`,
 //!    `fulfilling` and `shipped` orders keep theirs).

@@ -30,7 +30,6 @@
 //! divided by the orders answered; its peak RSS is `VmHWM` from `/proc/<pid>/status`. For the
 //! baseline rows the CPU column is this process's own CPU (the in-process client's cost).
 
-#[path = "bench/redrive.rs"]
 mod redrive;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -233,7 +232,7 @@ fn service_binary() -> Result<PathBuf> {
 }
 
 fn start_emulator() -> Result<String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator/start");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../emulator/start");
     eprintln!("starting the Firestore emulator ({script} firestore)…");
     let out = Command::new(script)
         .arg("firestore")
