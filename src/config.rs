@@ -361,8 +361,22 @@ mod tests {
             ("ONCE_LOG_FORMAT", "text"),
             ("ONCE_SHUTDOWN_GRACE_MS", "1500"),
             ("ONCE_MAX_IN_FLIGHT", "16"),
+            ("ONCE_TASKS_COLLECTION", "t"),
+            ("ONCE_FULFILMENTS_COLLECTION", "f"),
+            ("ONCE_INVOICES_COLLECTION", "i"),
+            ("ONCE_SHIPMENTS_COLLECTION", "s"),
         ])
         .unwrap();
+        let cols = &c.collections;
+        assert_eq!(
+            [
+                &cols.tasks,
+                &cols.fulfilments,
+                &cols.invoices,
+                &cols.shipments
+            ],
+            ["t", "f", "i", "s"]
+        );
         assert_eq!(c.port, 9000);
         assert_eq!(c.project_id.as_deref(), Some("p1"));
         assert_eq!(c.collections.items, "stock");
