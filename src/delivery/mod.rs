@@ -157,24 +157,12 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Delivery {
 /// unwrapped Pub/Sub push without `writeMetadata` can be told from a direct call.
 pub fn decode_declared(headers: &HeaderMap, body: &[u8], declared: Option<&str>) -> Delivery {
     let idem = idempotency_key(headers);
-    let mut d = if pubsub::is_unwrapped(headers, declared == Some("pubsub")) {
-        pubsub::decode_unwrapped(headers, body)
-    } else if let Some(meta) = cloudtasks::meta(headers) {
-        let key = cloudtasks::fallback_key(&meta);
-        let payload = plain(headers, body).map(|p| match p {
-            Payload::Work { json, .. } => Payload::Work {
-                json,
-                fallback_key: key,
-            },
-            skip => skip,
-        });
-        Delivery {
-            meta,
-            mode: Mode::Push,
-            payload,
-        }
-    } else if cloudevent::is_cloudevent(headers) {
-        cloudevent::decode(headers, body)
+    let found = ENVELOPES
+        .iter()
+        .find(|e| (e.recognise)(headers, declared))
+        .map(|e| (e.decode)(headers, body));
+    let mut d = if let Some(d) = found {
+        d
     } else {
         let ct = header(headers, "content-type").unwrap_or("");
         let json = if is_json(ct) {
@@ -223,6 +211,37 @@ pub fn decode_declared(headers: &HeaderMap, body: &[u8], declared: Option<&str>)
     bound(&mut d);
     d
 }
+
+/// An envelope recognised by its headers (or by the source the endpoint's URL declares) before
+/// the body is read: a new one is a file with these two functions and a line in [`ENVELOPES`].
+pub struct Envelope {
+    /// For logs and docs.
+    pub name: &'static str,
+    /// Whether a request is this envelope; `declared` is the URL's `?source=`.
+    pub recognise: fn(&HeaderMap, Option<&str>) -> bool,
+    /// Its payload and transport identity.
+    pub decode: fn(&HeaderMap, &[u8]) -> Delivery,
+}
+
+/// Header-recognised envelopes, tried in order; a request none of them claims is told apart by
+/// its body (a wrapped Pub/Sub push, or plain JSON from a direct caller).
+pub const ENVELOPES: &[Envelope] = &[
+    Envelope {
+        name: "pubsub-unwrapped",
+        recognise: |h, declared| pubsub::is_unwrapped(h, declared == Some("pubsub")),
+        decode: pubsub::decode_unwrapped,
+    },
+    Envelope {
+        name: "cloudtasks",
+        recognise: |h, _| cloudtasks::meta(h).is_some(),
+        decode: cloudtasks::decode,
+    },
+    Envelope {
+        name: "cloudevent",
+        recognise: |h, _| cloudevent::is_cloudevent(h),
+        decode: cloudevent::decode,
+    },
+];
 
 /// Cut `s` to at most `max` bytes on a character boundary; true when it was longer.
 fn cut(s: &mut String, max: usize) -> bool {
@@ -281,7 +300,7 @@ fn bound(d: &mut Delivery) {
 }
 
 /// A JSON body with no envelope.
-fn plain(headers: &HeaderMap, body: &[u8]) -> Result<Payload, DeliveryError> {
+pub(crate) fn plain(headers: &HeaderMap, body: &[u8]) -> Result<Payload, DeliveryError> {
     let ct = header(headers, "content-type").unwrap_or("");
     if !is_json(ct) {
         return Err(DeliveryError::UnsupportedMediaType(ct.to_string()));
