@@ -7,6 +7,7 @@ mod console;
 mod deliveries;
 mod demo;
 mod deploy;
+mod examples;
 mod grpc_fault;
 mod helpers;
 mod hostile;

@@ -6,8 +6,8 @@
 use crate::helpers::*;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use firestore_once::config::Collections;
-use firestore_once::invariants::{self, StockMap};
-use firestore_once::ops::stock::OwnShard;
+use firestore_once::shop::invariants::{self, StockMap};
+use firestore_once::shop::stock::OwnShard;
 use futures::StreamExt;
 use serde_json::{json, Value};
 

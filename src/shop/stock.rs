@@ -17,9 +17,17 @@
 //!   rejection commits with every document read verified unchanged, so an order is never
 //!   rejected while the item's total covers it, and never oversold.
 
-use super::{DocRef, OpError, Snapshot, Stock, Write};
+use crate::engine::{DocRef, OpError, Snapshot, Write};
+use serde::Serialize;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+
+/// The `stock` field of an item, read and written alone so other fields are kept.
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
+pub struct Stock {
+    /// Units available.
+    pub stock: i64,
+}
 
 /// Conflicts in a row on the own shard after which an instance moves to another shard.
 pub const MOVE_AFTER_CONFLICTS: u32 = 3;
@@ -304,7 +312,7 @@ impl ItemStock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::{Fields, Snapshot};
+    use crate::engine::{Fields, Snapshot};
     use firestore::FirestoreInstant;
     use serde_json::json;
 
