@@ -1116,68 +1116,93 @@ impl Env {
 
     /// The metrics overhead: one service with `ONCE_METRICS=off` and one with it on, each on
     /// its own project with `sc.clients` clients, driven at the same time against the same
-    /// emulator. Run one after the other, the second met a different emulator (warmer JIT,
-    /// more data, other group-commit batch sizes) and that moved CPU per order by ±10 %, more
-    /// than the metrics themselves cost (`scripts/metrics-callgrind`: about 0.2 %); side by
-    /// side, both meet the same conditions. Rows: runner `metrics off`, `metrics on`.
+    /// emulator, twice (places swapped), summed per mode. Run one after the other, the second
+    /// met a different emulator (warmer JIT, more data, other group-commit batch sizes) and
+    /// that moved CPU per order by ±10 %, more than the metrics themselves cost
+    /// (`scripts/metrics-callgrind`: about 0.2 %); side by side, both meet the same
+    /// conditions. Rows: runner `metrics off`, `metrics on`.
     async fn overhead(&self, sc: &Scenario, n: usize) -> Result<Vec<Row>> {
         let ids = Self::items_for(sc.shape);
-        let mut runs = Vec::new();
-        for (mode, runner) in [("off", "metrics off"), ("on", "metrics on")] {
-            let project = self.project(n, &format!("metrics-{mode}"));
-            self.seed(&project, &ids).await?;
-            let svc = self
-                .start_service(&project, &[("ONCE_METRICS", mode)])
-                .await?;
-            let target = Target::Http {
-                http: self.http.clone(),
-                url: format!("{}/orders", svc.url),
-            };
-            runs.push((project, runner, svc, target, format!("svc{n}{mode}")));
-        }
-        let cpu0: Vec<f64> = runs
-            .iter()
-            .map(|r| cpu_secs(r.2.child.id()))
-            .collect::<Result<_>>()?;
         let duration = Duration::from_secs_f64(self.secs);
-        let (off, on) = tokio::join!(
-            Self::drive(
-                &runs[0].3,
-                sc.shape,
-                sc.clients,
-                &runs[0].4,
-                None,
-                duration,
-                usize::MAX
-            ),
-            Self::drive(
-                &runs[1].3,
-                sc.shape,
-                sc.clients,
-                &runs[1].4,
-                None,
-                duration,
-                usize::MAX
-            ),
-        );
+        // Per mode, over both rounds: answers, seconds driven, CPU seconds, peak RSS.
+        let mut total: [(Vec<(Answer, u32)>, Duration, f64, f64); 2] = Default::default();
+        // Two rounds with the modes' places swapped (started first, polled first), so neither
+        // mode keeps a positional advantage.
+        for (round, modes) in [[0usize, 1], [1, 0]].into_iter().enumerate() {
+            let mut runs = Vec::new();
+            for &i in &modes {
+                let mode = ["off", "on"][i];
+                let project = self.project(n, &format!("metrics-{mode}-{round}"));
+                self.seed(&project, &ids).await?;
+                let svc = self
+                    .start_service(&project, &[("ONCE_METRICS", mode)])
+                    .await?;
+                let target = Target::Http {
+                    http: self.http.clone(),
+                    url: format!("{}/orders", svc.url),
+                };
+                let cpu0 = cpu_secs(svc.child.id())?;
+                runs.push((
+                    i,
+                    project,
+                    svc,
+                    target,
+                    format!("svc{n}{mode}{round}"),
+                    cpu0,
+                ));
+            }
+            let (first, second) = tokio::join!(
+                Self::drive(
+                    &runs[0].3,
+                    sc.shape,
+                    sc.clients,
+                    &runs[0].4,
+                    None,
+                    duration,
+                    usize::MAX
+                ),
+                Self::drive(
+                    &runs[1].3,
+                    sc.shape,
+                    sc.clients,
+                    &runs[1].4,
+                    None,
+                    duration,
+                    usize::MAX
+                ),
+            );
+            for ((i, project, svc, _, _, cpu0), m) in runs.into_iter().zip([first, second]) {
+                let cpu = cpu_secs(svc.child.id())? - cpu0;
+                let rss = peak_rss_mb(svc.child.id())?;
+                drop(svc);
+                let taken = self.units_taken(&project, &ids).await?;
+                let unknown = m.answers.iter().any(|a| a.0 == Answer::Failed);
+                if taken != m.processed_units && !(unknown && taken > m.processed_units) {
+                    bail!(
+                        "metrics {}: stock moved by {taken}, answers say {}",
+                        ["off", "on"][i],
+                        m.processed_units
+                    );
+                }
+                let t = &mut total[i];
+                t.0.extend(m.answers);
+                t.1 += m.elapsed;
+                t.2 += cpu;
+                t.3 = t.3.max(rss);
+            }
+        }
         let mut rows = Vec::new();
-        for ((project, runner, svc, _, _), (m, cpu0)) in
-            runs.into_iter().zip([(off, cpu0[0]), (on, cpu0[1])])
+        for (runner, (answers, elapsed, cpu, rss)) in
+            ["metrics off", "metrics on"].into_iter().zip(total)
         {
-            let cpu = cpu_secs(svc.child.id())? - cpu0;
-            let rss = peak_rss_mb(svc.child.id())?;
-            drop(svc);
+            let m = Measured {
+                answers,
+                elapsed,
+                processed_units: 0,
+            };
             let mut row = self.row(sc, runner, &m);
             row.cpu_ms_per_order = Some(cpu * 1000.0 / row.orders.max(1) as f64);
             row.peak_rss_mb = Some(rss);
-            let taken = self.units_taken(&project, &ids).await?;
-            let unknown = m.answers.iter().any(|a| a.0 == Answer::Failed);
-            if taken != m.processed_units && !(unknown && taken > m.processed_units) {
-                bail!(
-                    "{runner}: stock moved by {taken}, answers say {}",
-                    m.processed_units
-                );
-            }
             rows.push(row);
         }
         Ok(rows)
