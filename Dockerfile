@@ -12,9 +12,15 @@ WORKDIR /app
 # Dependency layer: build every dependency against placeholder sources, so this layer is
 # rebuilt only when Cargo.toml or Cargo.lock change, not on every source edit. The
 # placeholders' own artefacts are removed so the real build below cannot reuse them.
+# The workspace's tool crates need their manifests and a placeholder too, or cargo refuses
+# the workspace; only the service is built.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src tests/api \
+COPY tools/bench/Cargo.toml tools/bench/
+COPY tools/check-invariants/Cargo.toml tools/check-invariants/
+RUN mkdir -p src tests/api tools/bench/src tools/check-invariants/src \
     && echo 'fn main() {}' > src/main.rs \
+    && echo 'fn main() {}' > tools/bench/src/main.rs \
+    && echo 'fn main() {}' > tools/check-invariants/src/main.rs \
     && touch src/lib.rs tests/api/main.rs \
     && cargo build --release --locked --bin firestore-once \
     && rm -rf src \

@@ -6,11 +6,9 @@
 //! Run it against an emulator (prints the first outcome, then the replay):
 //! `FIRESTORE_EMULATOR_HOST=127.0.0.1:8085 cargo run --example award_points`
 
-use firestore_once::guard::key::Fingerprint;
-use firestore_once::ops::order::ValidationError;
-use firestore_once::ops::registry::{doc_id_field, object, positive_field};
-use firestore_once::ops::{
-    Decision, DocRef, OpError, Operation, ParseCtx, Registry, Snapshot, Write,
+use firestore_once::engine::{
+    doc_id_field, object, positive_field, Decision, DocRef, Fingerprint, OpError, Operation,
+    ParseCtx, Registry, Snapshot, ValidationError, Write,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -36,7 +34,7 @@ impl AwardPoints {
         let customer_id = doc_id_field(body, "customer_id")?;
         let points = positive_field(body, "points", 1_000_000)?;
         let (award_id, _) = ctx.key(body, "award_id", || {
-            Fingerprint::of("award_points", &(&customer_id, points))
+            Fingerprint::of(KIND, &(&customer_id, points))
         })?;
         Ok(Self {
             award_id,
@@ -52,7 +50,7 @@ impl AwardPoints {
 
 impl Operation for AwardPoints {
     fn kind(&self) -> &'static str {
-        "award_points"
+        KIND
     }
     fn key(&self) -> &str {
         &self.award_id
@@ -81,9 +79,12 @@ impl Operation for AwardPoints {
     }
 }
 
+/// The kind's name: the registry's and the operation ID's.
+pub const KIND: &str = "award_points";
+
 /// Serve the kind at `POST /tasks/award_points`.
 pub fn register(registry: &mut Registry) {
-    registry.register("award_points", |v, ctx| {
+    registry.register(KIND, |v, ctx| {
         Ok(Arc::new(AwardPoints::parse(v, ctx)?) as Arc<dyn Operation>)
     });
 }
@@ -91,22 +92,13 @@ pub fn register(registry: &mut Registry) {
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    use firestore_once::delivery::DeliveryMeta;
+    use firestore_once::config::Config;
+    use firestore_once::engine::DeliveryMeta;
     use firestore_once::guard::{Guard, GuardConfig};
     let project = std::env::var("GOOGLE_CLOUD_PROJECT").unwrap_or_else(|_| "demo-award".into());
-    let db =
-        firestore::FirestoreDb::with_options(firestore::FirestoreDbOptions::new(project)).await?;
-    let guard = Guard::new(
-        db,
-        GuardConfig {
-            operations: "operations".into(),
-            retention: std::time::Duration::from_secs(35 * 86400),
-            max_attempts: 5,
-            call_timeout: std::time::Duration::from_secs(3),
-            batch_max: 16,
-            replay_cache_bytes: 4 * 1024 * 1024,
-        },
-    );
+    let config = Config::default();
+    let db = firestore_once::server::connect_db(&config, &project, None).await?;
+    let guard = Guard::new(db, GuardConfig::from(&config));
     let award = Arc::new(AwardPoints {
         award_id: "a-1".into(),
         customer_id: "c-1".into(),

@@ -17,6 +17,15 @@ pub struct Collections {
     /// Leases of task steps that call the outside world (`ONCE_LEASES_COLLECTION`, default
     /// `leases`).
     pub leases: String,
+    /// Task records of workflows, the way from a task's ID to its steps
+    /// (`ONCE_TASKS_COLLECTION`, default `tasks`).
+    pub tasks: String,
+    /// `fulfil_order` progress (`ONCE_FULFILMENTS_COLLECTION`, default `fulfilments`).
+    pub fulfilments: String,
+    /// `fulfil_order` invoices (`ONCE_INVOICES_COLLECTION`, default `invoices`).
+    pub invoices: String,
+    /// `fulfil_order` shipments (`ONCE_SHIPMENTS_COLLECTION`, default `shipments`).
+    pub shipments: String,
     /// `ONCE_STOCK_SHARDS`: how many shard documents (`{items}/{id}/shards/{k}`) an item's
     /// stock may be spread over so several instances can sell one hot item without writing
     /// the same document (see docs/scale-out.md); 0 sells from `{items}/{id}.stock` alone.
@@ -53,6 +62,10 @@ impl Default for Collections {
             operations: "operations".into(),
             dead_letters: "dead_letters".into(),
             leases: "leases".into(),
+            tasks: "tasks".into(),
+            fulfilments: "fulfilments".into(),
+            invoices: "invoices".into(),
+            shipments: "shipments".into(),
             stock_shards: DEFAULT_STOCK_SHARDS,
             own_shard: 0,
         }
@@ -219,6 +232,10 @@ impl Config {
                 operations: name("ONCE_OPERATIONS_COLLECTION", "operations")?,
                 dead_letters: name("ONCE_DEAD_LETTERS_COLLECTION", "dead_letters")?,
                 leases: name("ONCE_LEASES_COLLECTION", "leases")?,
+                tasks: name("ONCE_TASKS_COLLECTION", "tasks")?,
+                fulfilments: name("ONCE_FULFILMENTS_COLLECTION", "fulfilments")?,
+                invoices: name("ONCE_INVOICES_COLLECTION", "invoices")?,
+                shipments: name("ONCE_SHIPMENTS_COLLECTION", "shipments")?,
                 stock_shards,
                 own_shard: shard_of(&instance_id, stock_shards),
             },
@@ -344,8 +361,22 @@ mod tests {
             ("ONCE_LOG_FORMAT", "text"),
             ("ONCE_SHUTDOWN_GRACE_MS", "1500"),
             ("ONCE_MAX_IN_FLIGHT", "16"),
+            ("ONCE_TASKS_COLLECTION", "t"),
+            ("ONCE_FULFILMENTS_COLLECTION", "f"),
+            ("ONCE_INVOICES_COLLECTION", "i"),
+            ("ONCE_SHIPMENTS_COLLECTION", "s"),
         ])
         .unwrap();
+        let cols = &c.collections;
+        assert_eq!(
+            [
+                &cols.tasks,
+                &cols.fulfilments,
+                &cols.invoices,
+                &cols.shipments
+            ],
+            ["t", "f", "i", "s"]
+        );
         assert_eq!(c.port, 9000);
         assert_eq!(c.project_id.as_deref(), Some("p1"));
         assert_eq!(c.collections.items, "stock");

@@ -6,12 +6,14 @@
 //! A request flows through one module per stage:
 //!
 //! 1. [`delivery`] decodes the envelope into a payload plus transport identity;
-//! 2. [`ops`] parses the payload into an [`Operation`](ops::Operation) that knows its key, its
-//!    fingerprint, the documents it reads and a pure decision;
+//! 2. [`engine`] is the contract: a registered kind parses the payload into an
+//!    [`Operation`](engine::Operation) (one commit) or a [`Workflow`](engine::Workflow)
+//!    (several), each knowing its key, its fingerprint and a pure decision. No I/O here;
+//!    [`shop`] is the domain this binary ships (order, restock, cancel, `fulfil_order`);
 //! 3. [`guard`] reads the status document and the operation's documents, decides, and commits
 //!    the writes and the status document together in one commit guarded by preconditions
-//!    (optimistic: nothing is locked), or replays;
-//! 4. [`http`] maps the outcome to an answer that fits the caller (see the README's contract).
+//!    (optimistic: nothing is locked), or replays; [`guard::workflow`] runs workflows;
+//! 4. [`http`] maps the outcome to an answer that fits the caller; [`server`] serves it.
 //!
 //! ## The guarantee
 //! The business writes of an operation and its status document `operations/{sha256(kind:key)}`
@@ -19,14 +21,15 @@
 //! that finds the status document changes nothing and answers with the stored response. A
 //! business rejection is stored the same way, so it is replayed, never retried forever.
 //!
-//! ## Adding an operation kind
-//! Implement [`ops::Operation`] in one file and register a parser; nothing else changes.
-//! The decision is pure, so it is tested without Firestore, and the guard may fold it over
-//! a batch of operations on the same documents (group commit).
+//! ## Your own kind
+//! Implement [`engine::Operation`] in one file and register it: the guard does the rest.
+//! The decision is pure, so it is tested without Firestore, and the guard may fold it over a
+//! batch of operations on the same documents (group commit).
 //!
 //! ```
-//! use firestore_once::guard::key::Fingerprint;
-//! use firestore_once::ops::{Decision, DocRef, OpError, Operation, Registry, Snapshot, Write};
+//! use firestore_once::engine::{
+//!     doc_id_field, Decision, DocRef, Fingerprint, OpError, Operation, Registry, Snapshot, Write,
+//! };
 //! use serde_json::{json, Map};
 //! use std::sync::Arc;
 //!
@@ -38,30 +41,32 @@
 //!     fn key(&self) -> &str { &self.redemption_id }
 //!     fn fingerprint(&self) -> Fingerprint { Fingerprint::of("redeem", &self.coupon) }
 //!     fn reads(&self) -> Vec<DocRef> { vec![DocRef::new("coupons", &self.coupon)] }
-//!     fn decide(&self, snap: &Snapshot) -> Result<Decision, OpError> {
+//!     fn decide(&self, _: &Snapshot) -> Result<Decision, OpError> {
 //!         let doc = DocRef::new("coupons", &self.coupon);
-//!         Ok(Decision::Apply {
-//!             writes: vec![Write::set(doc, &json!({"used": true}))?],
-//!             result: Map::new(),
-//!         })
+//!         let writes = vec![Write::set(doc, &json!({"used": true}))?];
+//!         Ok(Decision::Apply { writes, result: Map::new() })
 //!     }
 //! }
 //!
-//! let mut kinds = Registry::with_builtin();
+//! let mut kinds = Registry::default();
 //! kinds.register("redeem", |body, ctx| {
 //!     let (key, _) = ctx.key(body, "redemption_id", || Fingerprint::of("redeem", body))?;
-//!     let coupon = firestore_once::ops::registry::doc_id_field(body, "coupon")?;
+//!     let coupon = doc_id_field(body, "coupon")?;
 //!     Ok(Arc::new(Redeem { redemption_id: key, coupon }) as Arc<dyn Operation>)
 //! });
-//! assert!(kinds.get("redeem").is_some());
+//! assert!(kinds.contains("redeem"));
 //! ```
-//! `examples/award_points.rs` is a complete one, served and tested in `tests/api/tasks.rs`.
+//!
+//! Three complete programs under `examples/`, each served and tested in `tests/api/`:
+//! `award_points.rs` (a kind served at `POST /tasks/award_points`), `refund.rs` (a workflow
+//! whose second step calls a payment API) and `embed.rs` (the guard in your own axum router).
 //!
 //! ## Its limits
 //! - Effects outside Firestore (an e-mail, a carrier, a payment API) cannot join the
-//!   transaction. [`guard::lease`] keeps two deliveries from running such a step at once and
-//!   commits its result once; a call is repeated only after a crash mid-call, so the outside
-//!   system should honour the step's operation ID as an idempotency key.
+//!   commit. A workflow step that calls out holds a lease ([`guard::lease`]) so two
+//!   deliveries never call at once, and commits its result once; a call is repeated only
+//!   after a crash mid-call, so the outside system should honour the step's operation ID as
+//!   an idempotency key.
 //! - Across instances, the commit's preconditions are the only arbiter. A hot item's stock is
 //!   spread over shard documents so instances write different documents (production
 //!   Firestore sustains about one write per second per document; group commit puts many
@@ -71,13 +76,15 @@
 
 pub mod config;
 pub mod delivery;
+pub mod engine;
+#[doc(hidden)]
 pub mod faults;
 pub mod guard;
 pub mod http;
-pub mod invariants;
 pub mod metrics;
-pub mod ops;
 pub mod redrive;
+pub mod server;
+pub mod shop;
 pub mod telemetry;
 pub mod tracing_otel;
 

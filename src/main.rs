@@ -5,11 +5,8 @@
 //! back through the guard (see `firestore-once redrive --help`).
 
 use anyhow::Context;
-use firestore::{FirestoreDb, FirestoreDbOptions};
-use firestore_once::config::{resolve_project_id, Config};
-use firestore_once::guard::{Guard, GuardConfig};
-use firestore_once::{app, redrive, telemetry, tracing_otel, AppState};
-use std::future::IntoFuture;
+use firestore_once::config::Config;
+use firestore_once::{redrive, server, telemetry, tracing_otel};
 
 const REDRIVE_USAGE: &str =
     "usage: firestore-once redrive [--since RFC3339] [--route /orders|/tasks/KIND] \
@@ -109,7 +106,7 @@ fn main() -> anyhow::Result<()> {
 
 /// `firestore-once redrive`: true when some dead letter still failed.
 async fn run_redrive(config: Config, filter: redrive::Filter) -> anyhow::Result<bool> {
-    let (state, _) = connect(config).await?;
+    let state = server::connect(config).await?;
     let items = redrive::run(&state, &filter).await?;
     print!("{}", redrive::render(&items));
     Ok(items
@@ -117,93 +114,20 @@ async fn run_redrive(config: Config, filter: redrive::Filter) -> anyhow::Result<
         .any(|i| i.result == "failed" || i.result == "unavailable"))
 }
 
-async fn connect(config: Config) -> anyhow::Result<(AppState, String)> {
-    let project_id = resolve_project_id(&config).await?;
-    let db = FirestoreDb::with_options(
-        FirestoreDbOptions::new(project_id.clone())
-            .with_database_id(config.database_id.clone())
-            .with_request_timeout(config.firestore_timeout),
-    )
-    .await
-    .context("connecting to Firestore")?;
-    let guard = Guard::new(
-        db,
-        GuardConfig {
-            operations: config.collections.operations.clone(),
-            retention: config.retention,
-            max_attempts: config.max_attempts,
-            call_timeout: config.firestore_timeout,
-            batch_max: config.batch_max,
-            replay_cache_bytes: config.replay_cache_bytes,
-        },
-    );
-    Ok((AppState::new(guard, config, project_id.clone()), project_id))
-}
-
 async fn run(config: Config) -> anyhow::Result<()> {
-    let (state, project_id) = connect(config).await?;
+    let state = server::connect(config).await?;
     let config = &state.config;
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port))
         .await
         .with_context(|| format!("binding port {}", config.port))?;
     tracing::info!(
         port = config.port,
-        project_id,
+        project_id = %state.project_id,
         emulator = std::env::var("FIRESTORE_EMULATOR_HOST").ok(),
         instance_id = config.instance_id,
         stock_shards = config.collections.stock_shards,
         own_shard = config.collections.own_shard,
         "serving"
     );
-    // Two stages: on SIGTERM axum stops accepting and drains in-flight requests; the grace
-    // timer bounds the drain, so the process exits 0 on its own before Cloud Run's SIGKILL
-    // (10 s after SIGTERM) instead of being killed mid-write with unflushed logs.
-    let grace = state.config.shutdown_grace;
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown_signal().await;
-        let _ = signalled_tx.send(());
-    };
-    let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(signal)
-        .into_future();
-    tokio::pin!(server);
-    let deadline = async move {
-        // A dropped sender means the server ended first; the select below has already
-        // taken that branch, so waiting forever here is harmless.
-        if signalled_rx.await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        served = &mut server => {
-            served?;
-            tracing::info!("stopped: every in-flight request finished");
-        }
-        _ = deadline => {
-            tracing::warn!(
-                grace_ms = grace.as_millis() as u64,
-                "stopped: shutdown grace passed with requests still in flight; they are cut, \
-                 and their redelivery settles them through the status documents"
-            );
-        }
-    }
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
+    server::serve(listener, state, server::shutdown_signal()).await
 }

@@ -3,9 +3,9 @@
 //! event across all its retries.
 
 use super::{
-    firestore_event, header, is_json, media_type, pubsub, Delivery, DeliveryError, DeliveryMeta,
-    Mode, Payload,
+    firestore_event, header, is_json, media_type, pubsub, Delivery, DeliveryError, Mode, Payload,
 };
+use crate::engine::DeliveryMeta;
 use axum::http::HeaderMap;
 use base64::Engine;
 use serde_json::Value;

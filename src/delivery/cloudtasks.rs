@@ -1,7 +1,8 @@
 //! Cloud Tasks HTTP targets: a plain body plus `X-CloudTasks-*` headers. Cloud Tasks retries
 //! anything but 2xx and honours `Retry-After` on 429 and 503.
 
-use super::{header, DeliveryMeta};
+use super::{header, plain, Delivery, Mode, Payload};
+use crate::engine::DeliveryMeta;
 use axum::http::HeaderMap;
 
 /// Delivery identity of a Cloud Tasks request, `None` when the headers are absent.
@@ -31,6 +32,24 @@ pub fn fallback_key(meta: &DeliveryMeta) -> Option<String> {
     let task = meta.id.as_deref()?;
     let queue = meta.attrs.get("queue").map(String::as_str).unwrap_or("");
     Some(format!("cloudtasks:{queue}/{task}"))
+}
+
+/// A Cloud Tasks HTTP-target request: the body is the payload, the task name its identity.
+pub fn decode(headers: &HeaderMap, body: &[u8]) -> Delivery {
+    let meta = meta(headers).unwrap_or_default();
+    let key = fallback_key(&meta);
+    let payload = plain(headers, body).map(|p| match p {
+        Payload::Work { json, .. } => Payload::Work {
+            json,
+            fallback_key: key,
+        },
+        skip => skip,
+    });
+    Delivery {
+        meta,
+        mode: Mode::Push,
+        payload,
+    }
 }
 
 #[cfg(test)]

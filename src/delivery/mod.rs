@@ -22,10 +22,9 @@ pub mod cloudtasks;
 pub mod firestore_event;
 pub mod pubsub;
 
+use crate::engine::DeliveryMeta;
 use axum::http::HeaderMap;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
 
 /// Longest accepted `Idempotency-Key` (the Stripe convention).
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -43,23 +42,6 @@ pub enum Mode {
     /// A platform (Pub/Sub, Eventarc, Cloud Tasks) that redelivers anything but 2xx, so a
     /// delivery that can never succeed is recorded as a dead letter and acknowledged.
     Push,
-}
-
-/// Transport identity of one delivery: logged with every decision and stored on the status
-/// document of the first processing, so "which message did this?" has an answer.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeliveryMeta {
-    /// `http`, `pubsub`, `eventarc` or `cloudtasks`.
-    pub source: String,
-    /// The transport's ID of this delivery (ce-id, messageId, task name), when it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Delivery attempt as the transport counts it, when it says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attempt: Option<i64>,
-    /// Other correlation fields (subscription, ce-source, ce-type, queue…).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub attrs: BTreeMap<String, String>,
 }
 
 /// What a decodable delivery asks for.
@@ -175,24 +157,12 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Delivery {
 /// unwrapped Pub/Sub push without `writeMetadata` can be told from a direct call.
 pub fn decode_declared(headers: &HeaderMap, body: &[u8], declared: Option<&str>) -> Delivery {
     let idem = idempotency_key(headers);
-    let mut d = if pubsub::is_unwrapped(headers, declared == Some("pubsub")) {
-        pubsub::decode_unwrapped(headers, body)
-    } else if let Some(meta) = cloudtasks::meta(headers) {
-        let key = cloudtasks::fallback_key(&meta);
-        let payload = plain(headers, body).map(|p| match p {
-            Payload::Work { json, .. } => Payload::Work {
-                json,
-                fallback_key: key,
-            },
-            skip => skip,
-        });
-        Delivery {
-            meta,
-            mode: Mode::Push,
-            payload,
-        }
-    } else if cloudevent::is_cloudevent(headers) {
-        cloudevent::decode(headers, body)
+    let found = ENVELOPES
+        .iter()
+        .find(|e| (e.recognise)(headers, declared))
+        .map(|e| (e.decode)(headers, body));
+    let mut d = if let Some(d) = found {
+        d
     } else {
         let ct = header(headers, "content-type").unwrap_or("");
         let json = if is_json(ct) {
@@ -241,6 +211,37 @@ pub fn decode_declared(headers: &HeaderMap, body: &[u8], declared: Option<&str>)
     bound(&mut d);
     d
 }
+
+/// An envelope recognised by its headers (or by the source the endpoint's URL declares) before
+/// the body is read: a new one is a file with these two functions and a line in [`ENVELOPES`].
+pub struct Envelope {
+    /// For logs and docs.
+    pub name: &'static str,
+    /// Whether a request is this envelope; `declared` is the URL's `?source=`.
+    pub recognise: fn(&HeaderMap, Option<&str>) -> bool,
+    /// Its payload and transport identity.
+    pub decode: fn(&HeaderMap, &[u8]) -> Delivery,
+}
+
+/// Header-recognised envelopes, tried in order; a request none of them claims is told apart by
+/// its body (a wrapped Pub/Sub push, or plain JSON from a direct caller).
+pub const ENVELOPES: &[Envelope] = &[
+    Envelope {
+        name: "pubsub-unwrapped",
+        recognise: |h, declared| pubsub::is_unwrapped(h, declared == Some("pubsub")),
+        decode: pubsub::decode_unwrapped,
+    },
+    Envelope {
+        name: "cloudtasks",
+        recognise: |h, _| cloudtasks::meta(h).is_some(),
+        decode: cloudtasks::decode,
+    },
+    Envelope {
+        name: "cloudevent",
+        recognise: |h, _| cloudevent::is_cloudevent(h),
+        decode: cloudevent::decode,
+    },
+];
 
 /// Cut `s` to at most `max` bytes on a character boundary; true when it was longer.
 fn cut(s: &mut String, max: usize) -> bool {
@@ -299,7 +300,7 @@ fn bound(d: &mut Delivery) {
 }
 
 /// A JSON body with no envelope.
-fn plain(headers: &HeaderMap, body: &[u8]) -> Result<Payload, DeliveryError> {
+pub(crate) fn plain(headers: &HeaderMap, body: &[u8]) -> Result<Payload, DeliveryError> {
     let ct = header(headers, "content-type").unwrap_or("");
     if !is_json(ct) {
         return Err(DeliveryError::UnsupportedMediaType(ct.to_string()));

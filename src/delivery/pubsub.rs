@@ -3,7 +3,8 @@
 //! `{"message":{"data":base64,"attributes":{},"messageId":"…","publishTime":"…"},"subscription":"…","deliveryAttempt":N}`.
 //! Pub/Sub acknowledges on 102, 200, 201, 202 or 204 and redelivers everything else.
 
-use super::{header, parse_json, Delivery, DeliveryError, DeliveryMeta, Mode, Payload};
+use super::{header, parse_json, Delivery, DeliveryError, Mode, Payload};
+use crate::engine::DeliveryMeta;
 use axum::http::HeaderMap;
 use base64::Engine;
 use serde_json::Value;

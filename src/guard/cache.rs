@@ -11,7 +11,7 @@
 //! Why it is bounded by bytes: a replay storm must not grow memory without limit; the least
 //! useful entries are evicted (quick_cache's CLOCK-Pro policy) once the budget is spent.
 
-use super::record::StatusRecord;
+use crate::engine::record::StatusRecord;
 use firestore::FirestoreInstant;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
@@ -113,7 +113,7 @@ impl ReplayCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guard::record::{OutcomeKind, StoredResponse};
+    use crate::engine::record::{OutcomeKind, StoredResponse};
     use std::time::Duration;
 
     fn record(id: &str, expire_in: Duration) -> StatusRecord {

@@ -8,7 +8,7 @@
 //! unknown outcome (answer 503, let the redelivery settle it).
 
 use super::fold::{Guarded, Precondition, Version};
-use crate::ops::{DocRef, Fields, WriteKind};
+use crate::engine::{DocRef, Fields, WriteKind};
 use firestore::gcloud_sdk::google::firestore::v1 as pb;
 use firestore::gcloud_sdk::tonic::Code;
 use firestore::FirestoreDb;

@@ -14,10 +14,11 @@
 //!
 //! No I/O, no clock: `now` is given, so the fold is tested here without an emulator.
 
-use super::record::{self, RecordInput, StatusRecord};
-use super::{GuardError, Outcome, Reply};
-use crate::delivery::DeliveryMeta;
-use crate::ops::{Decision, DocRef, Fields, OpError, Operation, Snapshot, Write, WriteKind};
+use super::{GuardError, Reply, Unavailable};
+use crate::engine::record::Outcome;
+use crate::engine::record::{self, RecordInput, StatusRecord};
+use crate::engine::DeliveryMeta;
+use crate::engine::{Decision, DocRef, Fields, OpError, Operation, Snapshot, Write, WriteKind};
 use firestore::gcloud_sdk::prost_types::Timestamp;
 use firestore::FirestoreInstant;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -191,9 +192,7 @@ pub fn fold(
             Ok(d) => d,
             Err(OpError::ReadMore { docs }) => {
                 more_reads.extend(docs.into_iter().filter(|d| !versions.contains_key(d)));
-                replies.push(Err(GuardError::Unavailable(
-                    "decided on a later read".into(),
-                )));
+                replies.push(Err(GuardError::Unavailable(Unavailable::ReadMore)));
                 needs_commit.push(false);
                 continue;
             }
@@ -304,8 +303,8 @@ mod tests {
     use super::*;
     use crate::config::Collections;
     use crate::guard::operation_id;
-    use crate::ops::order::Order;
-    use crate::ops::Stock;
+    use crate::shop::order::Order;
+    use crate::shop::stock::Stock;
     use serde_json::json;
 
     fn ts(s: i64) -> Timestamp {

@@ -7,9 +7,9 @@
 //! a lease expired without completion (a crash mid-call). The outside system should accept the
 //! step's operation ID as its idempotency key to make that repeat harmless.
 
-use super::record::StatusRecord;
 use super::{Guard, GuardError};
-use crate::ops::{DocRef, Write};
+use crate::engine::record::StatusRecord;
+use crate::engine::{DocRef, Write};
 use firestore::FirestoreInstant;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -73,7 +73,7 @@ impl Guard {
         holder: &str,
         ttl: Duration,
     ) -> Result<LeaseOutcome, GuardError> {
-        let operation_id = super::key::hashed_id(kind, key);
+        let operation_id = crate::engine::hashed_id(kind, key);
         self.lease(leases, &operation_id, Some((kind, key)), holder, ttl)
             .await
     }

@@ -16,22 +16,21 @@
 //! Inside one instance, operations that read the same documents are queued on a *lane* and
 //! folded into one commit (group commit), and lanes that share a document take a striped
 //! lock first so one instance never conflicts with itself. Across instances, hot items are
-//! spread over stock shards (`ops::stock`) so instances write different documents.
+//! spread over stock shards (`shop::stock`) so instances write different documents.
 
 pub mod cache;
 pub mod driver;
 pub mod fold;
-pub mod key;
 pub mod lease;
-pub mod record;
+pub mod workflow;
 
-use crate::delivery::DeliveryMeta;
+use crate::engine::record::{Outcome, StatusRecord};
+use crate::engine::DeliveryMeta;
+use crate::engine::{DocRef, OpError, Operation, Snapshot, Write};
 use crate::metrics::Metrics;
-use crate::ops::{DocRef, OpError, Operation, Snapshot, Write};
-use driver::Driver;
+use driver::{Driver, DriverError};
 use firestore::gcloud_sdk::tonic::Code;
 use firestore::{FirestoreDb, FirestoreInstant};
-use record::StatusRecord;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
@@ -56,20 +55,6 @@ pub struct GuardConfig {
     pub replay_cache_bytes: u64,
 }
 
-/// The result of guarding one operation.
-#[derive(Clone, Debug)]
-pub struct Outcome {
-    /// Hex sha256 of `kind:key`; the status document's ID.
-    pub operation_id: String,
-    /// True when an earlier delivery decided it and this one changed nothing.
-    pub replayed: bool,
-    /// The status document.
-    pub record: StatusRecord,
-    /// True when the replay came from this instance's cache, without Firestore (metrics tell
-    /// the two replays apart).
-    pub from_cache: bool,
-}
-
 /// Why the guard could not produce an [`Outcome`].
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GuardError {
@@ -82,7 +67,7 @@ pub enum GuardError {
     /// Firestore did not answer, contention was not resolved, or a commit's outcome is unknown.
     /// Nothing is half-written; a redelivery settles it.
     #[error("outcome unknown: {0}")]
-    Unavailable(String),
+    Unavailable(Unavailable),
     /// The operation could not read or write its documents (see [`OpError`]).
     #[error("{0}")]
     Operation(String),
@@ -91,6 +76,54 @@ pub enum GuardError {
 impl From<OpError> for GuardError {
     fn from(e: OpError) -> Self {
         GuardError::Operation(e.to_string())
+    }
+}
+
+/// Why an outcome is unknown. Keeps the Firestore call's gRPC code, so a caller (and a log
+/// reader) can tell a conflict that never settled from a call that went unanswered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unavailable {
+    /// A Firestore call failed or went unanswered.
+    #[error(transparent)]
+    Firestore(#[from] DriverError),
+    /// Conflicts or failed reads did not settle within the configured attempts.
+    #[error("not settled after {attempts} attempts: {}", .last.as_ref().map_or("too many rounds of reads".to_string(), |e| e.to_string()))]
+    NotSettled {
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error; `None` when operations kept asking for more reads.
+        last: Option<DriverError>,
+    },
+    /// A placeholder inside one fold: the decision waits on documents read in another round
+    /// (never answered; the batch is folded again, or gives up with `NotSettled`).
+    #[error("decided on a later read")]
+    ReadMore,
+    /// The batch's task ended without answering (it panicked).
+    #[error("the guard task ended")]
+    TaskEnded,
+    /// A workflow step's outside call failed; its lease was released.
+    #[error("step {step}: outside call failed: {message}")]
+    Call {
+        /// The step.
+        step: &'static str,
+        /// What the outside system said.
+        message: String,
+    },
+}
+
+impl Unavailable {
+    /// The gRPC code Firestore answered with, when it answered.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Unavailable::Firestore(e) | Unavailable::NotSettled { last: Some(e), .. } => e.code,
+            _ => None,
+        }
+    }
+}
+
+impl From<DriverError> for GuardError {
+    fn from(e: DriverError) -> Self {
+        GuardError::Unavailable(Unavailable::Firestore(e))
     }
 }
 
@@ -126,7 +159,7 @@ pub struct Guard {
 
 /// Operation ID of `op`: hex sha256 of `kind:key`.
 pub fn operation_id(op: &dyn Operation) -> String {
-    key::hashed_id(op.kind(), op.key())
+    crate::engine::hashed_id(op.kind(), op.key())
 }
 
 impl Guard {
@@ -217,7 +250,7 @@ impl Guard {
             tokio::spawn(lead(self.inner.clone(), lane));
         }
         rx.await
-            .unwrap_or_else(|_| Err(GuardError::Unavailable("the guard task ended".into())))
+            .unwrap_or(Err(GuardError::Unavailable(Unavailable::TaskEnded)))
     }
 }
 
@@ -305,9 +338,9 @@ fn batch_span(batch: &[Pending]) -> tracing::Span {
 /// Why one attempt did not settle the batch.
 enum Attempt {
     /// Nothing was written; decide again on fresh reads after a back-off.
-    Conflict(String),
+    Conflict(DriverError),
     /// A read failed or went unanswered: nothing was written; retry after a back-off.
-    Failed(String),
+    Failed(DriverError),
     /// Nothing was written; some operation needs more documents: read them and fold again
     /// at once (not contention, so no back-off).
     ReadMore,
@@ -337,31 +370,33 @@ impl Inner {
         let mut attempt = 0;
         let mut rounds = 0;
         loop {
-            let why = match self.attempt(batch, &mut extra).await {
+            let last = match self.attempt(batch, &mut extra).await {
                 Ok(replies) => return replies,
                 Err(Attempt::ReadMore) if rounds < MAX_READ_ROUNDS => {
                     rounds += 1;
                     continue;
                 }
-                Err(Attempt::ReadMore) => "too many rounds of reads".to_string(),
-                Err(Attempt::Conflict(why)) => {
+                Err(Attempt::ReadMore) => None,
+                Err(Attempt::Conflict(e)) => {
                     self.metrics.retry(true);
-                    why
+                    Some(e)
                 }
-                Err(Attempt::Failed(why)) => {
+                Err(Attempt::Failed(e)) => {
                     self.metrics.retry(false);
-                    why
+                    Some(e)
                 }
             };
             attempt += 1;
             if attempt >= self.cfg.max_attempts {
                 self.metrics.gave_up();
-                tracing::warn!(attempts = attempt, error = %why, "batch gave up");
-                let e =
-                    GuardError::Unavailable(format!("not settled after {attempt} attempts: {why}"));
+                let e = GuardError::Unavailable(Unavailable::NotSettled {
+                    attempts: attempt,
+                    last,
+                });
+                tracing::warn!(attempts = attempt, error = %e, "batch gave up");
                 return batch.iter().map(|_| Err(e.clone())).collect();
             }
-            tracing::debug!(attempt, error = %why, "batch retried on fresh reads");
+            tracing::debug!(attempt, error = ?last.map(|e| e.to_string()), "batch retried on fresh reads");
             tokio::time::sleep(backoff(attempt)).await;
         }
     }
@@ -373,11 +408,7 @@ impl Inner {
         now: FirestoreInstant,
         after: impl Fn(&Snapshot) -> Vec<DocRef>,
     ) -> Result<(Snapshot, fold::Versions), Attempt> {
-        let read = self
-            .driver
-            .read(&docs)
-            .await
-            .map_err(|e| Attempt::Failed(e.to_string()))?;
+        let read = self.driver.read(&docs).await.map_err(Attempt::Failed)?;
         let (first, mut versions) = fold::split(read);
         let mut snapshot = Snapshot::from_docs(now, first);
         let extra: Vec<DocRef> = after(&snapshot)
@@ -387,11 +418,7 @@ impl Inner {
             .into_iter()
             .collect();
         if !extra.is_empty() {
-            let more = self
-                .driver
-                .read(&extra)
-                .await
-                .map_err(|e| Attempt::Failed(e.to_string()))?;
+            let more = self.driver.read(&extra).await.map_err(Attempt::Failed)?;
             let (more, more_versions) = fold::split(more);
             snapshot.extend(more);
             versions.extend(more_versions);
@@ -454,20 +481,19 @@ impl Inner {
         }
         match self.driver.commit(folded.writes).await {
             Ok(()) => Ok(folded.replies),
-            Err(e) if e.is_conflict() => Err(Attempt::Conflict(e.to_string())),
+            Err(e) if e.is_conflict() => Err(Attempt::Conflict(e)),
             Err(e) => {
                 // No answer, or a refusal that is not a conflict: the commit may or may not
                 // have been applied. Answer "unknown" for everything that depended on it; the
                 // redelivery reads the status document.
-                let why = e.to_string();
-                tracing::warn!(error = %why, "commit outcome unknown");
+                tracing::warn!(error = %e, "commit outcome unknown");
                 Ok(folded
                     .replies
                     .into_iter()
                     .zip(folded.needs_commit)
                     .map(|(r, needed)| {
                         if needed {
-                            Err(GuardError::Unavailable(why.clone()))
+                            Err(GuardError::from(e.clone()))
                         } else {
                             r
                         }
@@ -488,8 +514,8 @@ impl Inner {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (why, conflict) = match self.driver.read(docs).await {
-                Err(e) => (e.to_string(), false),
+            let (last, conflict) = match self.driver.read(docs).await {
+                Err(e) => (e, false),
                 Ok(read) => {
                     let (snap, versions) = fold::split(read);
                     let snapshot = Snapshot::from_docs(FirestoreInstant::now(), snap);
@@ -500,17 +526,18 @@ impl Inner {
                     let guarded = fold::guard(writes, &versions, |_| true);
                     match self.driver.commit(guarded).await {
                         Ok(()) => return Ok(r),
-                        Err(e) if e.is_conflict() => (e.to_string(), true),
-                        Err(e) => return Err(GuardError::Unavailable(e.to_string())),
+                        Err(e) if e.is_conflict() => (e, true),
+                        Err(e) => return Err(e.into()),
                     }
                 }
             };
             self.metrics.retry(conflict);
             if attempt >= self.cfg.max_attempts {
                 self.metrics.gave_up();
-                return Err(GuardError::Unavailable(format!(
-                    "not settled after {attempt} attempts: {why}"
-                )));
+                return Err(GuardError::Unavailable(Unavailable::NotSettled {
+                    attempts: attempt,
+                    last: Some(last),
+                }));
             }
             tokio::time::sleep(backoff(attempt)).await;
         }
@@ -534,7 +561,7 @@ impl Guard {
             .driver
             .read(docs)
             .await
-            .map_err(|e| GuardError::Unavailable(e.to_string()))?;
+            .map_err(GuardError::from)?;
         let (docs, _) = fold::split(read);
         Ok(Snapshot::from_docs(FirestoreInstant::now(), docs))
     }
@@ -555,7 +582,7 @@ impl Guard {
             Err(e) if matches!(e.code, Some(Code::AlreadyExists | Code::FailedPrecondition)) => {
                 Ok(false)
             }
-            Err(e) => Err(GuardError::Unavailable(e.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -13,10 +13,10 @@
 use super::error::ApiError;
 use super::status::{self, OperationStatus};
 use super::AppState;
-use crate::guard::key::hashed_id;
-use crate::guard::record::{OutcomeKind, StatusRecord};
+use crate::engine::key::hashed_id;
+use crate::engine::record::{OutcomeKind, StatusRecord};
+use crate::engine::ValidationError;
 use crate::http::dead_letter::{BodyEncoding, DeadLetter, RedriveState};
-use crate::ops::order::ValidationError;
 use crate::redrive::{self, ItemReport};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};

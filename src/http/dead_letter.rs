@@ -7,10 +7,10 @@
 //! `DocumentEventData`, as base64 with `body_encoding: "base64"`), so a redrive
 //! ([`crate::redrive`]) sends back exactly what arrived.
 
-use crate::delivery::DeliveryMeta;
-use crate::guard::key::hashed_id;
+use crate::engine::key::hashed_id;
+use crate::engine::DeliveryMeta;
+use crate::engine::DocRef;
 use crate::guard::{Guard, GuardError};
-use crate::ops::DocRef;
 use axum::http::HeaderMap;
 use base64::Engine;
 use firestore::FirestoreInstant;

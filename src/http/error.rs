@@ -1,11 +1,12 @@
-//! The one place errors become HTTP answers: `application/problem+json` (RFC 9457).
+//! The one place errors become HTTP answers: status, headers, and an
+//! `application/problem+json` body (RFC 9457) built by [`crate::engine::answer`].
 
 use crate::delivery::DeliveryError;
+use crate::engine::{answer, ValidationError};
 use crate::guard::GuardError;
-use crate::ops::order::ValidationError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 /// Every way a request can fail before or around the guard.
 #[derive(Debug, thiserror::Error)]
@@ -131,8 +132,8 @@ impl ApiError {
                     .into(),
                 operation_id,
             },
-            GuardError::Unavailable(detail) => ApiError::Unavailable {
-                detail,
+            GuardError::Unavailable(cause) => ApiError::Unavailable {
+                detail: cause.to_string(),
                 retry_after,
             },
             GuardError::Operation(detail) => ApiError::Internal(detail),
@@ -149,20 +150,18 @@ impl ApiError {
             }
             other => other.to_string(),
         };
-        let mut body = json!({
-            "type": format!("/problems/{}", self.code()),
-            "title": status.canonical_reason().unwrap_or("Error"),
-            "status": status.as_u16(),
-            "detail": detail,
-        });
+        let mut extra = Map::new();
         match self {
-            ApiError::Validation(v) => body["field"] = json!(v.field),
-            ApiError::Envelope { field, .. } => body["field"] = json!(field),
-            ApiError::UnknownKind { known, .. } => body["known_kinds"] = json!(known),
-            ApiError::KeyReused { operation_id, .. } => body["operation_id"] = json!(operation_id),
-            _ => {}
-        }
-        body
+            ApiError::Validation(v) => extra.insert("field".into(), json!(v.field)),
+            ApiError::Envelope { field, .. } => extra.insert("field".into(), json!(field)),
+            ApiError::UnknownKind { known, .. } => extra.insert("known_kinds".into(), json!(known)),
+            ApiError::KeyReused { operation_id, .. } => {
+                extra.insert("operation_id".into(), json!(operation_id))
+            }
+            _ => None,
+        };
+        let title = status.canonical_reason().unwrap_or("Error");
+        answer::problem(self.code(), title, status.as_u16(), &detail, extra)
     }
 }
 
@@ -182,7 +181,7 @@ pub fn problem(status: StatusCode, body: &Value) -> Response {
         status,
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
+            HeaderValue::from_static(answer::PROBLEM_JSON),
         )],
         body.to_string(),
     )

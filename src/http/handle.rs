@@ -4,19 +4,18 @@
 use super::dead_letter;
 use super::error::ApiError;
 use super::{AppState, REPLAYED};
-use crate::delivery::{self, DeliveryMeta, Mode, Payload};
-use crate::guard::record::OutcomeKind;
-use crate::guard::{self, GuardError, Outcome};
+use crate::delivery::{self, Mode, Payload};
+use crate::engine::workflow::task_id;
+use crate::engine::{answer, DeliveryMeta, Outcome, OutcomeKind, ParseCtx, Parsed, StepReport};
+use crate::guard::workflow::{self, WorkflowError};
+use crate::guard::{self, GuardError};
 use crate::metrics::Delivery;
-use crate::ops::fulfil::{self, Fulfil, FulfilError, StepReport};
-use crate::ops::{Operation, ParseCtx};
 use crate::telemetry;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
-use std::sync::Arc;
+use serde_json::Value;
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -54,8 +53,9 @@ impl Target {
 /// How a request ended, before it becomes HTTP.
 enum Answer {
     Outcome(Box<Outcome>),
+    /// A workflow that ran to its end (or stopped at a rejection).
     Steps {
-        fulfil: Fulfil,
+        body: Value,
         reports: Vec<StepReport>,
     },
     Skipped(String),
@@ -140,8 +140,11 @@ pub async fn post_orders(State(st): State<AppState>, req: Request) -> Response {
     path = "/tasks/{kind}",
     tag = "work",
     params(
-        ("kind" = inline(crate::http::openapi::TaskKind), Path,
-         description = "A task kind: `restock`, `cancel_order`, `fulfil_order`, `order`."),
+        ("kind" = String, Path, example = "restock",
+         description = "A registered task kind. This binary registers `order`, `restock`, \
+            `cancel_order` and the workflow `fulfil_order`; a service that registers its own \
+            kinds (see `examples/`) serves those too, so the set is open. An unknown kind is a \
+            404 whose `known_kinds` lists them."),
         crate::http::openapi::DeliveryHeaders,
     ),
     request_body(
@@ -193,11 +196,8 @@ pub async fn post_task(
         Ok(Path(kind)) => serve(st, req, Target::Task(kind)).await,
         // A kind that is not UTF-8 (`/tasks/%FF`): problem+json like every other error, not
         // axum's plain-text rejection.
-        Err(e) => ApiError::Validation(crate::ops::order::ValidationError::new(
-            "kind",
-            e.body_text(),
-        ))
-        .into_response(),
+        Err(e) => ApiError::Validation(crate::engine::ValidationError::new("kind", e.body_text()))
+            .into_response(),
     }
 }
 
@@ -225,7 +225,7 @@ async fn read_body(
 
 /// Fields of the one decision line every request logs.
 #[derive(Default)]
-struct Decision {
+struct DecisionLog {
     operation_id: String,
     meta: DeliveryMeta,
     mode: Option<Mode>,
@@ -239,12 +239,17 @@ async fn serve(st: AppState, req: Request, target: Target) -> Response {
     let in_flight = metrics.in_flight();
     let traced = span.clone();
     async move {
-        let mut log = Decision::default();
+        let mut log = DecisionLog::default();
         let declared = declared_source(parts.uri.query());
         let answer = process(&st, &parts.headers, body, &target, declared, &mut log).await;
         let push = log.mode == Some(Mode::Push);
         let cached = matches!(&answer, Answer::Outcome(o) if o.from_cache);
-        let (resp, outcome, replayed, error) = respond(answer, push);
+        let Answered {
+            response: resp,
+            outcome,
+            replayed,
+            error,
+        } = respond(answer, push);
         let status = resp.status().as_u16();
         telemetry::record_status(&traced, status);
         drop(in_flight);
@@ -296,7 +301,7 @@ async fn process(
     body: Body,
     target: &Target,
     declared: Option<&str>,
-    log: &mut Decision,
+    log: &mut DecisionLog,
 ) -> Answer {
     let bytes = match read_body(headers, body, st.config.max_body_bytes).await {
         Ok(b) => b,
@@ -338,7 +343,7 @@ pub async fn redeliver(
             )),
         };
     };
-    let mut log = Decision::default();
+    let mut log = DecisionLog::default();
     let answer = process_bytes(st, headers, bytes, &target, declared, true, &mut log).await;
     let op = (!log.operation_id.is_empty()).then(|| log.operation_id.clone());
     let done = |result: &'static str| Redelivery {
@@ -397,25 +402,21 @@ async fn process_bytes(
     target: &Target,
     declared: Option<&str>,
     redrive: bool,
-    log: &mut Decision,
+    log: &mut DecisionLog,
 ) -> Answer {
     let cfg = &st.config;
-    let parser = match target {
-        Target::Orders => st.registry.get("order"),
-        Target::Task(k) if k == fulfil::KIND => None,
-        Target::Task(k) => match st.registry.get(k) {
-            Some(p) => Some(p),
-            None => {
-                let mut known: Vec<String> = st.registry.kinds().map(str::to_string).collect();
-                known.push(fulfil::KIND.to_string());
-                known.sort();
-                return Answer::Error(ApiError::UnknownKind {
-                    kind: k.clone(),
-                    known,
-                });
-            }
-        },
-    };
+    let kind = target.kind();
+    if !st.registry.contains(kind) {
+        return Answer::Error(ApiError::UnknownKind {
+            kind: kind.to_string(),
+            known: st
+                .registry
+                .kinds()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        });
+    }
     let d = delivery::decode_declared(headers, bytes, declared);
     log.meta = d.meta.clone();
     log.mode = Some(d.mode);
@@ -445,47 +446,63 @@ async fn process_bytes(
             retry_after: cfg.retry_after_secs,
         })
     };
-    let Some(parser) = parser else {
-        // The multi-step task.
-        let f = match Fulfil::parse(&json, &ctx) {
-            Ok(f) => f,
-            Err(v) => return refuse(v.into()).await,
-        };
-        log.operation_id = f.operation_id();
-        let run = f.run(&st.guard, st.carrier.as_ref(), &d.meta, &st.faults);
-        return match tokio::time::timeout(cfg.request_timeout, run).await {
-            Ok(Ok(reports)) => Answer::Steps { fulfil: f, reports },
-            Ok(Err(FulfilError::Busy { step, retry_after })) => Answer::Error(ApiError::Busy {
-                detail: format!("step {step} is being run by another delivery; retry later"),
-                retry_after: retry_after.as_secs().max(1),
-            }),
-            Ok(Err(FulfilError::Injected(step))) => {
-                deadline(format!("injected fault after step {step}"))
-            }
-            Ok(Err(FulfilError::Guard(e))) => {
-                guard_error(st, target, &d.meta, headers, bytes, d.mode, redrive, e).await
-            }
-            Err(_) => deadline(format!(
-                "request deadline of {} ms passed",
-                cfg.request_timeout.as_millis()
-            )),
-        };
-    };
-    let op: Arc<dyn Operation> = match parser(&json, &ctx) {
-        Ok(op) => op,
-        Err(v) => return refuse(v.into()).await,
-    };
-    log.operation_id = guard::operation_id(op.as_ref());
-    if st.faults.take_fail(op.key()) {
-        return deadline("injected fault before processing".into());
-    }
-    match tokio::time::timeout(cfg.request_timeout, st.guard.run(op, d.meta.clone())).await {
-        Ok(Ok(o)) => Answer::Outcome(Box::new(o)),
-        Ok(Err(e)) => guard_error(st, target, &d.meta, headers, bytes, d.mode, redrive, e).await,
-        Err(_) => deadline(format!(
+    let timed_out = || {
+        deadline(format!(
             "request deadline of {} ms passed",
             cfg.request_timeout.as_millis()
-        )),
+        ))
+    };
+    let parsed = match st.registry.parse(kind, &json, &ctx) {
+        Some(Ok(p)) => p,
+        Some(Err(v)) => return refuse(v.into()).await,
+        None => return Answer::Error(ApiError::Internal(format!("kind {kind} vanished"))),
+    };
+    let faults = st.faults.as_deref();
+    match parsed {
+        Parsed::Operation(op) => {
+            log.operation_id = guard::operation_id(op.as_ref());
+            if faults.is_some_and(|f| f.take_fail(op.key())) {
+                return deadline("injected fault before processing".into());
+            }
+            let run = st.guard.run(op, d.meta.clone());
+            match tokio::time::timeout(cfg.request_timeout, run).await {
+                Ok(Ok(o)) => Answer::Outcome(Box::new(o)),
+                Ok(Err(e)) => {
+                    guard_error(st, target, &d.meta, headers, bytes, d.mode, redrive, e).await
+                }
+                Err(_) => timed_out(),
+            }
+        }
+        Parsed::Workflow(w) => {
+            log.operation_id = task_id(w.as_ref());
+            let run = workflow::run(&st.guard, w.clone(), &st.workflows, &d.meta, faults);
+            match tokio::time::timeout(cfg.request_timeout, run).await {
+                Ok(Ok(reports)) => Answer::Steps {
+                    body: answer::workflow(
+                        &log.operation_id,
+                        w.kind(),
+                        &reports,
+                        w.answer(&reports),
+                    ),
+                    reports,
+                },
+                Ok(Err(WorkflowError::Busy { step, retry_after })) => {
+                    Answer::Error(ApiError::Busy {
+                        detail: format!(
+                            "step {step} is being run by another delivery; retry later"
+                        ),
+                        retry_after: retry_after.as_secs().max(1),
+                    })
+                }
+                Ok(Err(WorkflowError::Injected(step))) => {
+                    deadline(format!("injected fault after step {step}"))
+                }
+                Ok(Err(WorkflowError::Guard(e))) => {
+                    guard_error(st, target, &d.meta, headers, bytes, d.mode, redrive, e).await
+                }
+                Err(_) => timed_out(),
+            }
+        }
     }
 }
 
@@ -575,6 +592,11 @@ fn json_response(status: StatusCode, content_type: &str, body: String, replayed:
     resp
 }
 
+/// A body that is never stored: 200 to every caller.
+fn ok_json(body: &Value) -> Response {
+    json_response(StatusCode::OK, answer::JSON, body.to_string(), false)
+}
+
 /// The stored response of an outcome. A platform delivery always gets 2xx for a durable
 /// outcome (a rejection included), or it would redeliver it forever.
 fn outcome_response(o: &Outcome, push: bool) -> Response {
@@ -586,92 +608,70 @@ fn outcome_response(o: &Outcome, push: bool) -> Response {
     json_response(status, &r.content_type, r.body.clone(), o.replayed)
 }
 
-/// Answer, outcome label, replayed flag and error text for the decision log line.
-fn respond(answer: Answer, push: bool) -> (Response, &'static str, bool, Option<String>) {
+/// The answer, plus what the decision log line says about it.
+struct Answered {
+    response: Response,
+    /// Outcome label: `processed`, `rejected`, `skipped`, `dead_lettered`, `failed` or an
+    /// error code.
+    outcome: &'static str,
+    replayed: bool,
+    /// Error text for the log line.
+    error: Option<String>,
+}
+
+fn respond(answer: Answer, push: bool) -> Answered {
+    let answered = |response, outcome, replayed, error| Answered {
+        response,
+        outcome,
+        replayed,
+        error,
+    };
     match answer {
-        Answer::Outcome(o) => (
+        Answer::Outcome(o) => answered(
             outcome_response(&o, push),
             o.record.outcome.as_str(),
             o.replayed,
             None,
         ),
-        Answer::Steps { fulfil, reports } => {
+        Answer::Steps { body, reports } => {
             let replayed = reports.iter().all(|r| r.outcome.replayed);
-            if let Some(last) = reports
+            match reports
                 .last()
                 .filter(|r| r.outcome.record.outcome == OutcomeKind::Rejected)
             {
-                return (
+                // A rejected step is the workflow's answer, stored and replayed as it is.
+                Some(last) => answered(
                     outcome_response(&last.outcome, push),
                     "rejected",
                     replayed,
                     None,
-                );
-            }
-            let steps: Vec<Value> = reports
-                .iter()
-                .map(|r| {
-                    json!({
-                        "step": r.step.name(),
-                        "operation_id": r.outcome.operation_id,
-                        "outcome": r.outcome.record.outcome.as_str(),
-                    })
-                })
-                .collect();
-            let carrier_ref = reports
-                .last()
-                .and_then(|r| serde_json::from_str::<Value>(&r.outcome.record.response.body).ok())
-                .and_then(|b| b.get("carrier_ref").cloned());
-            let body = json!({
-                "operation_id": fulfil.operation_id(),
-                "kind": fulfil::KIND,
-                "order_id": fulfil.order_id(),
-                "outcome": "processed",
-                "carrier_ref": carrier_ref,
-                "steps": steps,
-            });
-            (
-                json_response(
-                    StatusCode::OK,
-                    "application/json",
-                    body.to_string(),
-                    replayed,
                 ),
-                "processed",
-                replayed,
-                None,
-            )
+                None => answered(
+                    json_response(StatusCode::OK, answer::JSON, body.to_string(), replayed),
+                    "processed",
+                    replayed,
+                    None,
+                ),
+            }
         }
         Answer::Skipped(reason) => {
-            let body = json!({"outcome": "skipped", "reason": reason});
-            (
-                json_response(StatusCode::OK, "application/json", body.to_string(), false),
-                "skipped",
-                false,
-                None,
-            )
+            answered(ok_json(&answer::skipped(&reason)), "skipped", false, None)
         }
-        Answer::DeadLettered { id, reason, detail } => {
-            let body = json!({"outcome": "dead_lettered", "dead_letter_id": id, "reason": reason, "detail": detail});
-            (
-                json_response(StatusCode::OK, "application/json", body.to_string(), false),
-                "dead_lettered",
-                false,
-                Some(detail),
-            )
-        }
-        Answer::Refused { reason, detail } => {
-            let body = json!({"outcome": "failed", "reason": reason, "detail": detail});
-            (
-                json_response(StatusCode::OK, "application/json", body.to_string(), false),
-                "failed",
-                false,
-                Some(detail),
-            )
-        }
+        Answer::DeadLettered { id, reason, detail } => answered(
+            ok_json(&answer::dead_lettered(&id, reason, &detail)),
+            "dead_lettered",
+            false,
+            Some(detail),
+        ),
+        Answer::Refused { reason, detail } => answered(
+            ok_json(&answer::refused(reason, &detail)),
+            "failed",
+            false,
+            Some(detail),
+        ),
         Answer::Error(e) => {
             let (code, text) = (e.code(), e.to_string());
-            (e.into_response(), code, false, Some(text))
+            answered(e.into_response(), code, false, Some(text))
         }
     }
 }

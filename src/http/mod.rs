@@ -10,10 +10,10 @@ pub mod ready;
 pub mod status;
 
 use crate::config::Config;
+use crate::engine::Registry;
 use crate::faults::Faults;
-use crate::guard::Guard;
-use crate::ops::fulfil::{Carrier, LocalCarrier};
-use crate::ops::Registry;
+use crate::guard::{workflow, Guard};
+use crate::shop::fulfil::LocalCarrier;
 use axum::extract::State;
 use axum::http::{header, HeaderName};
 use axum::response::{IntoResponse, Response};
@@ -34,25 +34,29 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Project ID, for log trace fields.
     pub project_id: Arc<str>,
-    /// Task kinds served under `/tasks/{kind}`.
+    /// Kinds served under `/tasks/{kind}` (and `order` under `/orders`).
     pub registry: Arc<Registry>,
-    /// The outside world of the `fulfil_order` ship step.
-    pub carrier: Arc<dyn Carrier>,
-    /// Test fault switches (never armed in production).
-    pub faults: Arc<Faults>,
+    /// Where the workflow runner keeps task records and leases.
+    pub workflows: Arc<workflow::Collections>,
+    /// Test fault switches; `None` in production, so no request consults them.
+    pub faults: Option<Arc<Faults>>,
 }
 
 impl AppState {
-    /// State with the built-in task kinds, the local carrier and no faults.
+    /// State with the shop's kinds, the local carrier and no faults.
     pub fn new(guard: Guard, config: Config, project_id: impl Into<Arc<str>>) -> Self {
         guard.metrics().set_enabled(config.metrics);
+        let workflows = workflow::Collections {
+            tasks: config.collections.tasks.clone(),
+            leases: config.collections.leases.clone(),
+        };
         Self {
             guard,
             config: Arc::new(config),
             project_id: project_id.into(),
-            registry: Arc::new(Registry::with_builtin()),
-            carrier: Arc::new(LocalCarrier),
-            faults: Arc::new(Faults::default()),
+            registry: Arc::new(crate::shop::registry(Arc::new(LocalCarrier))),
+            workflows: Arc::new(workflows),
+            faults: None,
         }
     }
 }

@@ -9,7 +9,7 @@
 //! `tests/fuzz/schemathesis.sh` fuzzes the running service against it and fails on any answer
 //! the document does not allow.
 //!
-//! The request and answer types here are documentation only: parsing stays in `ops/` and
+//! The request and answer types here are documentation only: parsing stays in `engine/` and `shop/` and
 //! `delivery/`, which give precise field errors that a generic deserializer could not.
 
 use super::error::ApiError;
@@ -222,21 +222,6 @@ pub enum TaskRequest {
     Fulfil(FulfilOrderTask),
     /// `kind = order`.
     Order(OrderRequest),
-}
-
-/// The task kinds this binary serves under `/tasks/{kind}`. A service that registers its own
-/// kinds (see `examples/`) serves those too.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskKind {
-    /// An order, as `POST /orders`.
-    Order,
-    /// Add stock.
-    Restock,
-    /// Cancel a processed order.
-    CancelOrder,
-    /// Reserve, invoice and ship a processed order.
-    FulfilOrder,
 }
 
 /// CloudEvents spec version: only `1.0` exists.

@@ -30,7 +30,7 @@ pub const PROBE_DOCUMENT: &str = "readyz-probe";
 )]
 pub async fn readyz(State(st): State<AppState>) -> Response {
     let cfg = &st.config;
-    let probe = [crate::ops::DocRef::new(
+    let probe = [crate::engine::DocRef::new(
         &cfg.collections.operations,
         PROBE_DOCUMENT,
     )];

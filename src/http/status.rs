@@ -16,13 +16,12 @@
 
 use super::error::ApiError;
 use super::AppState;
-use crate::delivery::DeliveryMeta;
+use crate::engine::record::{OutcomeKind, StatusRecord};
+use crate::engine::{
+    hashed_id, DeliveryMeta, DocRef, Registry, Snapshot, TaskRecord, ValidationError,
+};
 use crate::guard::lease::Lease;
-use crate::guard::record::{OutcomeKind, StatusRecord};
 use crate::guard::GuardError;
-use crate::ops::fulfil::{self, TaskRecord};
-use crate::ops::order::ValidationError;
-use crate::ops::{DocRef, Snapshot};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -206,23 +205,23 @@ pub fn is_operation_id(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// The task a step kind (`fulfil_order.ship`) belongs to.
-fn task_of(kind: &str, key: &str) -> Option<TaskRef> {
-    let step = kind.strip_prefix(fulfil::KIND)?.strip_prefix('.')?;
+/// The task a step kind (`fulfil_order.ship`) belongs to, among the registered workflows.
+fn task_of(registry: &Registry, kind: &str, key: &str) -> Option<TaskRef> {
+    let (workflow, step) = registry.workflow_of_step(kind)?;
     Some(TaskRef {
-        kind: fulfil::KIND.to_string(),
-        operation_id: crate::guard::key::hashed_id(fulfil::KIND, key),
+        kind: workflow.to_string(),
+        operation_id: hashed_id(workflow, key),
         step: step.to_string(),
     })
 }
 
 impl OperationStatus {
     /// The answer for a finished operation.
-    pub fn from_record(r: StatusRecord) -> Self {
+    pub fn from_record(r: StatusRecord, registry: &Registry) -> Self {
         let body = serde_json::from_str(&r.response.body)
             .unwrap_or_else(|_| Value::String(r.response.body.clone()));
         Self {
-            task: task_of(&r.kind, &r.key),
+            task: task_of(registry, &r.kind, &r.key),
             operation_id: r.operation_id,
             outcome: r.outcome.into(),
             reason: r.reason,
@@ -241,12 +240,17 @@ impl OperationStatus {
         }
     }
 
-    fn from_lease(operation_id: &str, l: &Lease, now: FirestoreInstant) -> Self {
+    fn from_lease(
+        operation_id: &str,
+        l: &Lease,
+        now: FirestoreInstant,
+        registry: &Registry,
+    ) -> Self {
         let lease = LeaseStatus::of(l, now);
         Self {
             operation_id: operation_id.to_string(),
             task: match (&l.kind, &l.key) {
-                (Some(kind), Some(key)) => task_of(kind, key),
+                (Some(kind), Some(key)) => task_of(registry, kind, key),
                 _ => None,
             },
             kind: l.kind.clone(),
@@ -331,25 +335,30 @@ pub(crate) async fn status(st: &AppState, id: &str) -> Result<OperationStatus, A
     }
     let guard_err = |e: GuardError| ApiError::from_guard(e, st.config.retry_after_secs);
     if let Some(r) = st.guard.lookup(id).await.map_err(guard_err)? {
-        return Ok(OperationStatus::from_record(r));
+        return Ok(OperationStatus::from_record(r, &st.registry));
     }
     // Not finished (or unknown): read the status document again with the lease and the task
     // record in one consistent read, so a step that commits in between is not missed.
     let cols = &st.config.collections;
     let status_doc = st.guard.status_ref(id);
     let lease_doc = DocRef::new(&cols.leases, id);
-    let task_doc = DocRef::new(fulfil::TASKS, id);
+    let task_doc = DocRef::new(&cols.tasks, id);
     let snap = st
         .guard
         .read_docs(&[status_doc.clone(), lease_doc.clone(), task_doc.clone()])
         .await
         .map_err(guard_err)?;
-    let get = |e: crate::ops::OpError| guard_err(e.into());
+    let get = |e: crate::engine::OpError| guard_err(e.into());
     if let Some(r) = snap.get::<StatusRecord>(&status_doc).map_err(get)? {
-        return Ok(OperationStatus::from_record(r));
+        return Ok(OperationStatus::from_record(r, &st.registry));
     }
     if let Some(l) = snap.get::<Lease>(&lease_doc).map_err(get)? {
-        return Ok(OperationStatus::from_lease(id, &l, snap.now()));
+        return Ok(OperationStatus::from_lease(
+            id,
+            &l,
+            snap.now(),
+            &st.registry,
+        ));
     }
     if let Some(t) = snap.get::<TaskRecord>(&task_doc).map_err(get)? {
         return task_status(st, t).await;
@@ -441,7 +450,7 @@ mod tests {
 
     #[test]
     fn operation_ids_are_exactly_lowercase_sha256_hex() {
-        let id = crate::guard::key::hashed_id("order", "o-1");
+        let id = crate::engine::key::hashed_id("order", "o-1");
         assert!(is_operation_id(&id));
         assert!(!is_operation_id(&id.to_uppercase()));
         assert!(!is_operation_id(&id[1..]));
@@ -452,11 +461,13 @@ mod tests {
 
     #[test]
     fn steps_name_their_task() {
+        let r = crate::shop::registry(std::sync::Arc::new(crate::shop::fulfil::LocalCarrier));
+        let task_of = |kind, key| task_of(&r, kind, key);
         let t = task_of("fulfil_order.ship", "o-1").unwrap();
         assert_eq!(t.step, "ship");
         assert_eq!(
             t.operation_id,
-            crate::guard::key::hashed_id("fulfil_order", "o-1")
+            crate::engine::key::hashed_id("fulfil_order", "o-1")
         );
         assert!(task_of("fulfil_order", "o-1").is_none());
         assert!(task_of("fulfil_orderx.ship", "o-1").is_none());

@@ -389,7 +389,7 @@ async fn direct_callers_get_4xx_for_bad_envelopes() {
         )
         .await;
     // A CloudEvent is a platform delivery: recorded and acknowledged, not a 4xx loop.
-    assert_eq!(r.status(), 200);
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let r = app
         .post(
             &[

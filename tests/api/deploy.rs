@@ -414,6 +414,32 @@ fn dockerfile_is_multi_stage_distroless_non_root_exec_form() {
             );
         }
     }
+    // Every workspace member's manifest must reach the build, or cargo refuses the workspace.
+    let cargo_toml = read("Cargo.toml");
+    let members: Vec<&str> = cargo_toml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("members = ["))
+        .map(|list| {
+            list.trim_end_matches(']')
+                .split(',')
+                .map(|m| m.trim().trim_matches('"'))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        members.len() > 1,
+        "Cargo.toml: expected a workspace with tool members"
+    );
+    for member in members.iter().filter(|m| **m != ".") {
+        assert!(
+            dockerfile.contains(&format!("COPY {member}/Cargo.toml")),
+            "workspace member {member}: copy its Cargo.toml in the Dockerfile's dependency layer"
+        );
+        assert!(
+            dockerfile.contains(&format!("{member}/src/main.rs")),
+            "workspace member {member}: give it a placeholder main.rs in the dependency layer"
+        );
+    }
     // target/ must never be sent as build context: it is gigabytes.
     assert!(ignored("target", &read(".dockerignore")));
     assert!(!ignored("src/main.rs", &read(".dockerignore")));

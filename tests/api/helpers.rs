@@ -1,11 +1,10 @@
 //! Test fixture: one Firestore emulator per test binary, a fresh project per test, and the
 //! real service on `127.0.0.1:0`.
 
-use firestore::{FirestoreDb, FirestoreDbOptions};
 use firestore_once::config::Config;
 use firestore_once::faults::Faults;
 use firestore_once::guard::{Guard, GuardConfig};
-use firestore_once::{app, AppState};
+use firestore_once::{server, AppState};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -109,23 +108,10 @@ pub async fn spawn_app() -> TestApp {
 /// Build the guard for `project` with `config`; `api_url` overrides the emulator address.
 pub async fn guard_for(project: &str, config: &Config, api_url: Option<String>) -> Guard {
     emulator_host();
-    let mut opts =
-        FirestoreDbOptions::new(project.to_string()).with_request_timeout(config.firestore_timeout);
-    opts.firebase_api_url = api_url;
-    let db = FirestoreDb::with_options(opts)
+    let db = server::connect_db(config, project, api_url)
         .await
         .expect("firestore client");
-    Guard::new(
-        db,
-        GuardConfig {
-            operations: config.collections.operations.clone(),
-            retention: config.retention,
-            max_attempts: config.max_attempts,
-            call_timeout: config.firestore_timeout,
-            batch_max: config.batch_max,
-            replay_cache_bytes: config.replay_cache_bytes,
-        },
-    )
+    Guard::new(db, GuardConfig::from(config))
 }
 
 /// Start the service on `project` after `tweak` adjusts the configuration.
@@ -142,7 +128,7 @@ pub async fn spawn_app_at(
     spawn_app_full(project, tweak, api_url, |_| {}).await
 }
 
-/// Start the service, letting `customize` change its state (task kinds, carrier).
+/// Start the service, letting `customize` change its state (task kinds, a carrier).
 pub async fn spawn_app_full(
     project: String,
     tweak: impl FnOnce(&mut Config),
@@ -154,11 +140,12 @@ pub async fn spawn_app_full(
     tweak(&mut config);
     let guard = guard_for(&project, &config, api_url).await;
     let mut state = AppState::new(guard.clone(), config, project.clone());
+    let faults = Arc::new(Faults::default());
+    state.faults = Some(faults.clone());
     customize(&mut state);
-    let faults = state.faults.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app(state)).await });
+    tokio::spawn(server::serve(listener, state, std::future::pending()));
     TestApp {
         addr,
         rest: format!("http://{host}/v1/projects/{project}/databases/(default)/documents"),

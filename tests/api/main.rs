@@ -7,6 +7,7 @@ mod console;
 mod deliveries;
 mod demo;
 mod deploy;
+mod examples;
 mod helpers;
 mod hostile;
 mod observability;

@@ -8,9 +8,9 @@
 use crate::helpers::*;
 use base64::Engine;
 use firestore_once::config::Config;
-use firestore_once::ops::order::ValidationError;
-use firestore_once::ops::Registry;
+use firestore_once::engine::ValidationError;
 use firestore_once::redrive::{self, Filter};
+use firestore_once::shop::{self, fulfil::LocalCarrier};
 use firestore_once::AppState;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ pub async fn buggy_release(project: String) -> TestApp {
         |_| {},
         None,
         |st| {
-            let mut r = Registry::with_builtin();
+            let mut r = shop::registry(Arc::new(LocalCarrier));
             r.register("order", |_, _| {
                 Err(ValidationError::new(
                     "item_id",

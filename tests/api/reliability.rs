@@ -11,7 +11,7 @@
 use crate::helpers::*;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use firestore_once::config::Collections;
-use firestore_once::invariants::{self, Report, StockMap};
+use firestore_once::shop::invariants::{self, Report, StockMap};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;

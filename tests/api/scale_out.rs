@@ -6,7 +6,7 @@
 use crate::helpers::*;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use firestore_once::config::Collections;
-use firestore_once::invariants::{self, StockMap};
+use firestore_once::shop::invariants::{self, StockMap};
 use futures::StreamExt;
 use serde_json::{json, Value};
 

@@ -6,7 +6,7 @@ use crate::helpers::*;
 use base64::Engine;
 use firestore_once::config::Config;
 use firestore_once::guard::lease::LeaseOutcome;
-use firestore_once::ops::fulfil::Carrier;
+use firestore_once::shop::{self, fulfil::Carrier};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -190,7 +190,11 @@ async fn multi_step_task_lists_its_steps_while_running_and_when_done() {
         project(),
         |_| {},
         None,
-        |s| s.carrier = Arc::new(SlowCarrier(Duration::from_secs(3))),
+        |s| {
+            s.registry = Arc::new(shop::registry(Arc::new(SlowCarrier(Duration::from_secs(
+                3,
+            )))))
+        },
     )
     .await;
     app.seed("apple", 10).await;

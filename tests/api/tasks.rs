@@ -2,7 +2,7 @@
 //! user-defined kind from `examples/`.
 
 use crate::helpers::*;
-use firestore_once::ops::fulfil::Carrier;
+use firestore_once::shop::{self, fulfil::Carrier};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,7 +51,7 @@ async fn app_with_carrier(carrier: Arc<CountingCarrier>) -> TestApp {
         |_| {},
         None,
         move |s| {
-            s.carrier = carrier;
+            s.registry = Arc::new(shop::registry(carrier));
         },
     )
     .await

@@ -15,7 +15,15 @@
 //!   rejection commits with every document read verified unchanged, so an order is never
 //!   rejected while the item's total covers it, and never oversold.
 
-use super::{DocRef, OpError, Snapshot, Stock, Write};
+use crate::engine::{DocRef, OpError, Snapshot, Write};
+use serde::Serialize;
+
+/// The `stock` field of an item, read and written alone so other fields are kept.
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
+pub struct Stock {
+    /// Units available.
+    pub stock: i64,
+}
 
 /// The documents that hold one item's stock.
 #[derive(Clone, Debug)]
@@ -170,7 +178,7 @@ impl ItemStock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::{Fields, Snapshot};
+    use crate::engine::{Fields, Snapshot};
     use firestore::FirestoreInstant;
     use serde_json::json;
 

@@ -1,12 +1,16 @@
 //! `restock`: add stock to an item, once per `restock_id`.
 
-use super::order::ValidationError;
-use super::registry::{doc_id_field, object, positive_field};
-use super::stock::ItemStock;
-use super::{Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, Stock, Write};
-use crate::guard::key::Fingerprint;
+use super::stock::{ItemStock, Stock};
+use crate::engine::key::Fingerprint;
+use crate::engine::{
+    doc_id_field, object, positive_field, Decision, DocRef, OpError, Operation, ParseCtx, Snapshot,
+    ValidationError, Write,
+};
 use serde::Serialize;
 use serde_json::{json, Map};
+
+/// The kind: the registry name and the namespace of the operation ID, one constant for both.
+pub const KIND: &str = "restock";
 
 /// Largest quantity one restock may add.
 pub const MAX_RESTOCK: i64 = 1_000_000_000;
@@ -63,7 +67,7 @@ impl Restock {
 
 impl Operation for Restock {
     fn kind(&self) -> &'static str {
-        "restock"
+        KIND
     }
 
     fn key(&self) -> &str {

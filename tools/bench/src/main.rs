@@ -31,7 +31,6 @@
 //! divided by the orders answered; its peak RSS is `VmHWM` from `/proc/<pid>/status`. For the
 //! baseline rows the CPU column is this process's own CPU (the in-process client's cost).
 
-#[path = "bench/redrive.rs"]
 mod redrive;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -232,7 +231,7 @@ fn service_binary() -> Result<PathBuf> {
 }
 
 fn start_emulator() -> Result<String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator/start");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../emulator/start");
     eprintln!("starting the Firestore emulator ({script} firestore)…");
     let out = Command::new(script)
         .arg("firestore")
@@ -668,7 +667,7 @@ async fn raw_transaction(
     db: &FirestoreDb,
     o: &Order,
 ) -> Result<bool, firestore::errors::FirestoreError> {
-    let op_id = firestore_once::guard::key::hashed_id("order", &o.order_id);
+    let op_id = firestore_once::engine::key::hashed_id("order", &o.order_id);
     let lines = Arc::new(o.lines.clone());
     db.run_transaction(|db, tx| {
         let op_id = op_id.clone();
@@ -1281,14 +1280,14 @@ impl Env {
             ))
         };
         // And the project's own checker over every item, order and status document.
-        let initial: firestore_once::invariants::StockMap =
+        let initial: firestore_once::shop::invariants::StockMap =
             ids.iter().map(|id| (id.clone(), PLENTY)).collect();
         let db = FirestoreDb::with_options(
             FirestoreDbOptions::new(project.clone()).with_request_timeout(Duration::from_secs(30)),
         )
         .await
         .map_err(|e| anyhow!("invariant checker client: {e}"))?;
-        let report = firestore_once::invariants::verify(
+        let report = firestore_once::shop::invariants::verify(
             &db,
             &firestore_once::config::Collections::default(),
             &initial,

@@ -9,7 +9,7 @@
 //!
 //! 1. **Stock adds up.** For every item: `initial + restocked = current + held`, where
 //!    `current` is the item's total stock, `{items}/{id}.stock` plus every shard
-//!    `{items}/{id}/shards/{k}.stock` (see `ops::stock`),
+//!    `{items}/{id}/shards/{k}.stock` (see `shop::stock`),
 //!    `restocked` sums the processed `restock` operations on it and `held` sums the lines of
 //!    every order that still holds its stock (any state but `cancelled`: `processed`,
 //!    `fulfilling` and `shipped` orders keep theirs).
@@ -25,7 +25,7 @@
 //!    as a document ID verbatim.
 
 use crate::config::Collections;
-use crate::guard::key::hashed_id;
+use crate::engine::key::hashed_id;
 use firestore::gcloud_sdk::google::firestore::v1::Document;
 use firestore::FirestoreDb;
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,7 @@ use std::fmt;
 pub type StockMap = BTreeMap<String, i64>;
 
 /// Order states that keep the order's stock taken (everything but `cancelled`).
-const CANCELLED: &str = "cancelled";
+const CANCELLED: &str = super::order::OrderState::Cancelled.as_str();
 
 /// One order line as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

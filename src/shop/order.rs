@@ -3,40 +3,25 @@
 //! write and make every redelivery try again, forever).
 
 use super::stock::{ItemStock, Take};
-use super::{Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, Write};
 use crate::config::Collections;
-use crate::guard::key::{hashed_id, is_valid_document_id, Fingerprint};
+use crate::engine::key::{hashed_id, is_valid_document_id, Fingerprint};
+use crate::engine::{
+    Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, ValidationError, Write,
+};
 use firestore::FirestoreInstant;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+/// The kind: the registry name and the namespace of the operation ID, one constant for both.
+pub const KIND: &str = "order";
+
 /// Longest accepted `order_id`, in bytes.
-pub const MAX_ORDER_ID_BYTES: usize = super::registry::MAX_KEY_BYTES;
+pub const MAX_ORDER_ID_BYTES: usize = crate::engine::parse::MAX_KEY_BYTES;
 /// Most lines in one order: every line is one read and one write in the same transaction,
 /// and Firestore caps a commit at 500 writes.
 pub const MAX_LINES: usize = 100;
 /// Largest quantity on one line; keeps stock arithmetic far from overflow.
 pub const MAX_QUANTITY: i64 = 1_000_000_000;
-
-/// A request field that fails validation: answered 400 to direct callers, nothing written.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ValidationError {
-    /// JSON path of the offending field, e.g. `items[2].quantity`.
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl ValidationError {
-    /// Build one from a field path and a message.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// One order line; also its stored and canonical form.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +44,38 @@ pub struct Order {
     own_shard: u32,
 }
 
+/// The life of an order, stored lowercase in `orders/{id}.state`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderState {
+    /// Accepted: its stock is taken.
+    Processed,
+    /// Cancelled: its stock was given back.
+    Cancelled,
+    /// Reserved for fulfilment (`fulfil_order`'s first step).
+    Fulfilling,
+    /// Handed to the carrier.
+    Shipped,
+}
+
+impl OrderState {
+    /// Lowercase name, as stored.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OrderState::Processed => "processed",
+            OrderState::Cancelled => "cancelled",
+            OrderState::Fulfilling => "fulfilling",
+            OrderState::Shipped => "shipped",
+        }
+    }
+}
+
+impl std::fmt::Display for OrderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The accepted order as stored in `orders/{operation_id}`.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct OrderDoc {
@@ -66,8 +83,8 @@ pub struct OrderDoc {
     pub order_id: String,
     /// Lines, as an array of maps (Firestore refuses arrays inside arrays).
     pub lines: Vec<Line>,
-    /// `processed`, later `cancelled`.
-    pub state: String,
+    /// Where the order is in its life.
+    pub state: OrderState,
     /// When it was accepted.
     #[serde(with = "firestore::serialize_as_timestamp")]
     pub created_at: FirestoreInstant,
@@ -246,7 +263,7 @@ impl Order {
 
 impl Operation for Order {
     fn kind(&self) -> &'static str {
-        "order"
+        KIND
     }
 
     fn key(&self) -> &str {
@@ -301,7 +318,7 @@ impl Operation for Order {
             &OrderDoc {
                 order_id: self.order_id.clone(),
                 lines: self.lines.clone(),
-                state: "processed".into(),
+                state: OrderState::Processed,
                 created_at: snapshot.now(),
                 updated_at: snapshot.now(),
             },
@@ -316,7 +333,7 @@ impl Operation for Order {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::Fields;
+    use crate::engine::Fields;
 
     fn cols() -> Collections {
         Collections {

@@ -9,16 +9,7 @@
 //! Because `decide` is pure, the guard can fold several operations over one evolving snapshot
 //! and commit them together (group commit for a hot item), and tests need no emulator.
 
-pub mod cancel;
-pub mod fulfil;
-pub mod order;
-pub mod registry;
-pub mod restock;
-pub mod stock;
-
-pub use registry::{ParseCtx, Registry};
-
-use crate::guard::key::Fingerprint;
+use crate::engine::key::Fingerprint;
 use firestore::gcloud_sdk::google::firestore::v1::{Document, Value};
 use firestore::{FirestoreDb, FirestoreInstant};
 use serde::de::DeserializeOwned;
@@ -30,7 +21,7 @@ use std::collections::HashMap;
 pub struct DocRef {
     /// Collection ID, e.g. `items`.
     pub collection: String,
-    /// Document ID; must already be a valid Firestore ID (see [`crate::guard::key`]).
+    /// Document ID; must already be a valid Firestore ID (see [`crate::engine::key`]).
     pub id: String,
 }
 
@@ -283,13 +274,6 @@ impl Rejection {
             extra,
         }
     }
-}
-
-/// The `stock` field of an item, read and written alone so other fields are kept.
-#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
-pub struct Stock {
-    /// Units available.
-    pub stock: i64,
 }
 
 /// What an operation decided from its snapshot.

@@ -1,15 +1,35 @@
-//! Which operation kinds `POST /tasks/{kind}` accepts, and how a payload becomes one.
+//! Which kinds `POST /tasks/{kind}` accepts, and how a payload becomes one.
 //!
-//! Adding a kind is one file: implement [`Operation`], write a parser, and
-//! [`Registry::register`] it. The guard does the rest.
+//! Adding a kind is one file: implement [`Operation`] (one commit) or [`Workflow`] (several),
+//! write a parser, and register it with [`Registry::register`] or
+//! [`Registry::register_workflow`]. The guard and the HTTP layer do the rest.
 
-use super::order::ValidationError;
-use super::Operation;
+use super::{Operation, Workflow};
 use crate::config::Collections;
-use crate::guard::key::Fingerprint;
+use crate::engine::key::Fingerprint;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// A request field that fails validation: answered 400 to direct callers, nothing written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// JSON path of the offending field, e.g. `items[2].quantity`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ValidationError {
+    /// Build one from a field path and a message.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// Longest accepted domain key (`order_id`, `restock_id`…), in bytes. Keys are hashed into
 /// document IDs, so any content is safe; the cap keeps status documents and logs small.
@@ -62,29 +82,26 @@ impl ParseCtx<'_> {
 pub type Parser =
     Arc<dyn Fn(&Value, &ParseCtx<'_>) -> Result<Arc<dyn Operation>, ValidationError> + Send + Sync>;
 
-/// The task kinds served under `/tasks/{kind}`.
+/// Turns a validated payload into a workflow run.
+pub type WorkflowParser =
+    Arc<dyn Fn(&Value, &ParseCtx<'_>) -> Result<Arc<dyn Workflow>, ValidationError> + Send + Sync>;
+
+/// What a payload of a registered kind became.
+pub enum Parsed {
+    /// One commit.
+    Operation(Arc<dyn Operation>),
+    /// Several commits, run by [`crate::guard::workflow`].
+    Workflow(Arc<dyn Workflow>),
+}
+
+/// The kinds served under `/tasks/{kind}` (and `order`, served under `/orders` too).
 #[derive(Clone, Default)]
 pub struct Registry {
     kinds: BTreeMap<String, Parser>,
+    workflows: BTreeMap<String, WorkflowParser>,
 }
 
 impl Registry {
-    /// The shipped kinds: `restock` and `cancel_order` (and `order`, the same operation as
-    /// `POST /orders`). `fulfil_order` is a multi-step task served beside them.
-    pub fn with_builtin() -> Self {
-        let mut r = Self::default();
-        r.register("order", |v, ctx| {
-            Ok(Arc::new(super::order::Order::parse_with(v, ctx)?) as Arc<dyn Operation>)
-        });
-        r.register("restock", |v, ctx| {
-            Ok(Arc::new(super::restock::Restock::parse(v, ctx)?) as Arc<dyn Operation>)
-        });
-        r.register("cancel_order", |v, ctx| {
-            Ok(Arc::new(super::cancel::CancelOrder::parse(v, ctx)?) as Arc<dyn Operation>)
-        });
-        r
-    }
-
     /// Add (or replace) a kind.
     pub fn register<F>(&mut self, kind: &str, parser: F) -> &mut Self
     where
@@ -93,18 +110,66 @@ impl Registry {
             + Sync
             + 'static,
     {
+        self.workflows.remove(kind);
         self.kinds.insert(kind.to_string(), Arc::new(parser));
         self
     }
 
-    /// The parser of `kind`.
+    /// Add (or replace) a workflow kind.
+    pub fn register_workflow<F>(&mut self, kind: &str, parser: F) -> &mut Self
+    where
+        F: Fn(&Value, &ParseCtx<'_>) -> Result<Arc<dyn Workflow>, ValidationError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.kinds.remove(kind);
+        self.workflows.insert(kind.to_string(), Arc::new(parser));
+        self
+    }
+
+    /// The parser of the single-step kind `kind`.
     pub fn get(&self, kind: &str) -> Option<&Parser> {
         self.kinds.get(kind)
     }
 
-    /// Registered kinds, sorted.
-    pub fn kinds(&self) -> impl Iterator<Item = &str> {
-        self.kinds.keys().map(String::as_str)
+    /// Parse `body` as `kind`; `None` when nobody registered `kind`.
+    pub fn parse(
+        &self,
+        kind: &str,
+        body: &Value,
+        ctx: &ParseCtx<'_>,
+    ) -> Option<Result<Parsed, ValidationError>> {
+        if let Some(p) = self.kinds.get(kind) {
+            return Some(p(body, ctx).map(Parsed::Operation));
+        }
+        let p = self.workflows.get(kind)?;
+        Some(p(body, ctx).map(Parsed::Workflow))
+    }
+
+    /// Whether `kind` is registered, as an operation or a workflow.
+    pub fn contains(&self, kind: &str) -> bool {
+        self.kinds.contains_key(kind) || self.workflows.contains_key(kind)
+    }
+
+    /// Every registered kind, operations and workflows, sorted.
+    pub fn kinds(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self
+            .kinds
+            .keys()
+            .chain(self.workflows.keys())
+            .map(String::as_str)
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// The workflow a step kind (`fulfil_order.ship`) belongs to, with the step's name.
+    pub fn workflow_of_step<'k>(&self, step_kind: &'k str) -> Option<(&str, &'k str)> {
+        self.workflows.keys().find_map(|w| {
+            let step = step_kind.strip_prefix(w.as_str())?.strip_prefix('.')?;
+            Some((w.as_str(), step))
+        })
     }
 }
 
@@ -115,7 +180,7 @@ pub fn doc_id_field(body: &Value, field: &str) -> Result<String, ValidationError
         Some(Value::String(s)) if s.is_empty() => {
             Err(ValidationError::new(field, "must not be empty"))
         }
-        Some(Value::String(s)) if crate::guard::key::is_valid_document_id(s) => Ok(s.clone()),
+        Some(Value::String(s)) if crate::engine::key::is_valid_document_id(s) => Ok(s.clone()),
         Some(Value::String(_)) => Err(ValidationError::new(
             field,
             "must be a Firestore document ID: at most 1500 bytes, no '/', not '.', '..' or '__…__'",

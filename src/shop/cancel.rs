@@ -2,14 +2,19 @@
 //! Cancelling an unknown, rejected, already cancelled or shipping order is a durable
 //! rejection, replayed like any other outcome.
 
-use super::order::{Line, OrderDoc, ValidationError};
-use super::registry::object;
-use super::{Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, Stock, Write};
-use crate::guard::key::{hashed_id, Fingerprint};
-use crate::guard::record::{OutcomeKind, StatusRecord};
+use super::order::{Line, OrderDoc, OrderState};
+use super::stock::Stock;
+use crate::engine::key::{hashed_id, Fingerprint};
+use crate::engine::record::{OutcomeKind, StatusRecord};
+use crate::engine::{
+    object, Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, ValidationError, Write,
+};
 use firestore::FirestoreInstant;
 use serde::Serialize;
 use serde_json::{json, Map};
+
+/// The kind: the registry name and the namespace of the operation ID, one constant for both.
+pub const KIND: &str = "cancel_order";
 
 /// `{order_id}`: restore the order's stock and set `state = "cancelled"`.
 #[derive(Clone, Debug)]
@@ -22,7 +27,7 @@ pub struct CancelOrder {
 
 #[derive(Serialize)]
 struct Cancelled {
-    state: &'static str,
+    state: OrderState,
     #[serde(with = "firestore::serialize_as_timestamp")]
     updated_at: FirestoreInstant,
 }
@@ -69,7 +74,7 @@ impl CancelOrder {
 
 impl Operation for CancelOrder {
     fn kind(&self) -> &'static str {
-        "cancel_order"
+        KIND
     }
 
     fn key(&self) -> &str {
@@ -109,9 +114,9 @@ impl Operation for CancelOrder {
                 ),
             });
         };
-        match order.state.as_str() {
-            "processed" => {}
-            "cancelled" => {
+        match order.state {
+            OrderState::Processed => {}
+            OrderState::Cancelled => {
                 return Ok(self.reject(
                     "already_cancelled",
                     format!("order {:?} is already cancelled", self.order_id),
@@ -144,7 +149,7 @@ impl Operation for CancelOrder {
         writes.push(Write::update(
             self.order_doc(),
             &Cancelled {
-                state: "cancelled",
+                state: OrderState::Cancelled,
                 updated_at: snapshot.now(),
             },
         )?);

@@ -1,5 +1,5 @@
 //! `check-invariants`: read a project's items, orders and status documents and check that no
-//! order was applied twice or lost (see `firestore_once::invariants`). For reliability runs
+//! order was applied twice or lost (see `firestore_once::shop::invariants`). For reliability runs
 //! and for operators after an incident.
 //!
 //! ```sh
@@ -14,7 +14,7 @@
 use anyhow::{bail, Context};
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use firestore_once::config::Config;
-use firestore_once::invariants::{self, StockMap};
+use firestore_once::shop::invariants::{self, StockMap};
 use std::io::Read;
 use std::process::ExitCode;
 

@@ -1,11 +1,10 @@
 //! The status document: one per operation, written in the same commit as the operation's
 //! business writes, never changed afterwards. Its presence is what makes a redelivery a replay.
 
-use crate::delivery::DeliveryMeta;
-use crate::ops::{Decision, Rejection};
+use super::answer;
+use super::{Decision, DeliveryMeta};
 use firestore::FirestoreInstant;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
 
 /// Terminal outcome of an operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,21 +65,6 @@ pub struct StatusRecord {
     pub expire_at: FirestoreInstant,
 }
 
-/// Problem-type URI for a rejection reason (RFC 9457 allows a relative reference).
-pub fn problem_type(reason: &str) -> String {
-    format!("/problems/{}", reason.replace('_', "-"))
-}
-
-/// "insufficient_stock" → "Insufficient stock".
-pub fn title(reason: &str) -> String {
-    let s = reason.replace('_', " ");
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().chain(c).collect(),
-        None => s,
-    }
-}
-
 /// Everything needed to build a record besides the decision.
 pub struct RecordInput<'a> {
     /// Operation ID.
@@ -102,51 +86,16 @@ pub struct RecordInput<'a> {
 /// Build the status record (and so the response) for a decision.
 pub fn build(input: RecordInput<'_>, decision: &Decision) -> StatusRecord {
     let (outcome, reason, response) = match decision {
-        Decision::Apply { result, .. } => {
-            let mut body = Map::new();
-            body.insert("operation_id".into(), json!(input.operation_id));
-            body.insert("kind".into(), json!(input.kind));
-            body.insert("outcome".into(), json!("processed"));
-            for (k, v) in result {
-                body.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-            (
-                OutcomeKind::Processed,
-                None,
-                StoredResponse {
-                    status: 200,
-                    content_type: "application/json".into(),
-                    body: Value::Object(body).to_string(),
-                },
-            )
-        }
-        Decision::Reject(Rejection {
-            reason,
-            detail,
-            extra,
-        }) => {
-            let mut body = Map::new();
-            body.insert("type".into(), json!(problem_type(reason)));
-            body.insert("title".into(), json!(title(reason)));
-            body.insert("status".into(), json!(409));
-            body.insert("detail".into(), json!(detail));
-            body.insert("operation_id".into(), json!(input.operation_id));
-            body.insert("kind".into(), json!(input.kind));
-            body.insert("outcome".into(), json!("rejected"));
-            body.insert("reason".into(), json!(reason));
-            for (k, v) in extra {
-                body.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-            (
-                OutcomeKind::Rejected,
-                Some(reason.clone()),
-                StoredResponse {
-                    status: 409,
-                    content_type: "application/problem+json".into(),
-                    body: Value::Object(body).to_string(),
-                },
-            )
-        }
+        Decision::Apply { result, .. } => (
+            OutcomeKind::Processed,
+            None,
+            answer::processed(input.operation_id, input.kind, result),
+        ),
+        Decision::Reject(rejection) => (
+            OutcomeKind::Rejected,
+            Some(rejection.reason.clone()),
+            answer::rejected(input.operation_id, input.kind, rejection),
+        ),
     };
     StatusRecord {
         operation_id: input.operation_id.to_string(),
@@ -163,4 +112,18 @@ pub fn build(input: RecordInput<'_>, decision: &Decision) -> StatusRecord {
             .saturating_add(input.retention)
             .unwrap_or(input.now),
     }
+}
+
+/// What an operation came to: the status document, and whether this delivery decided it.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Hex sha256 of `kind:key`; the status document's ID.
+    pub operation_id: String,
+    /// True when an earlier delivery decided it and this one changed nothing.
+    pub replayed: bool,
+    /// The status document.
+    pub record: StatusRecord,
+    /// True when the replay came from this instance's cache, without Firestore (metrics tell
+    /// the two replays apart).
+    pub from_cache: bool,
 }

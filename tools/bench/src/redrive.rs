@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use base64::Engine;
 use firestore::gcloud_sdk::google::firestore::v1 as pb;
 use firestore::{FirestoreDb, FirestoreDbOptions, FirestoreInstant};
-use firestore_once::delivery::DeliveryMeta;
+use firestore_once::engine::DeliveryMeta;
 use firestore_once::http::dead_letter::{self, BodyEncoding, DeadLetter};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
