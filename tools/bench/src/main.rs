@@ -597,6 +597,18 @@ enum Target {
     Spread(Vec<Target>),
 }
 
+/// One mode of the metrics-overhead pair, over both rounds.
+#[derive(Default)]
+struct ModeTotal {
+    answers: Vec<(Answer, u32)>,
+    /// Seconds driven.
+    elapsed: Duration,
+    /// CPU seconds of the service.
+    cpu: f64,
+    /// Peak RSS, MB.
+    rss: f64,
+}
+
 struct Measured {
     answers: Vec<(Answer, u32)>,
     elapsed: Duration,
@@ -1123,8 +1135,7 @@ impl Env {
     async fn overhead(&self, sc: &Scenario, n: usize) -> Result<Vec<Row>> {
         let ids = Self::items_for(sc.shape);
         let duration = Duration::from_secs_f64(self.secs);
-        // Per mode, over both rounds: answers, seconds driven, CPU seconds, peak RSS.
-        let mut total: [(Vec<(Answer, u32)>, Duration, f64, f64); 2] = Default::default();
+        let mut total: [ModeTotal; 2] = Default::default();
         // Two rounds with the modes' places swapped (started first, polled first), so neither
         // mode keeps a positional advantage.
         for (round, modes) in [[0usize, 1], [1, 0]].into_iter().enumerate() {
@@ -1184,19 +1195,18 @@ impl Env {
                     );
                 }
                 let t = &mut total[i];
-                t.0.extend(m.answers);
-                t.1 += m.elapsed;
-                t.2 += cpu;
-                t.3 = t.3.max(rss);
+                t.answers.extend(m.answers);
+                t.elapsed += m.elapsed;
+                t.cpu += cpu;
+                t.rss = t.rss.max(rss);
             }
         }
         let mut rows = Vec::new();
-        for (runner, (answers, elapsed, cpu, rss)) in
-            ["metrics off", "metrics on"].into_iter().zip(total)
-        {
+        for (runner, t) in ["metrics off", "metrics on"].into_iter().zip(total) {
+            let (cpu, rss) = (t.cpu, t.rss);
             let m = Measured {
-                answers,
-                elapsed,
+                answers: t.answers,
+                elapsed: t.elapsed,
                 processed_units: 0,
             };
             let mut row = self.row(sc, runner, &m);
