@@ -77,6 +77,30 @@ pub enum RedriveError {
     /// Firestore did not answer the listing or a read.
     #[error("firestore: {0}")]
     Firestore(String),
+    /// A dead letter whose stored fields no longer deserialize.
+    #[error("dead letter unreadable: {0}")]
+    Unreadable(String),
+}
+
+/// The dead letter `id`, `None` when there is none: the one by-ID read the console and
+/// [`run_one`] share.
+pub async fn read(
+    st: &AppState,
+    id: &str,
+) -> Result<Option<(FirestoreDocument, DeadLetter)>, RedriveError> {
+    let doc = st
+        .guard
+        .db()
+        .fluent()
+        .select()
+        .by_id_in(&st.config.collections.dead_letters)
+        .one(id)
+        .await
+        .map_err(fs_err)?;
+    let Some(doc) = doc else { return Ok(None) };
+    let letter = FirestoreDb::deserialize_doc_to::<DeadLetter>(&doc)
+        .map_err(|e| RedriveError::Unreadable(format!("{id}: {e}")))?;
+    Ok(Some((doc, letter)))
 }
 
 fn fs_err(e: impl std::fmt::Display) -> RedriveError {
@@ -137,17 +161,9 @@ pub async fn run(st: &AppState, filter: &Filter) -> Result<Vec<ItemReport>, Redr
 
 /// Redrive one dead letter by ID (the console's button); `None` when there is no such one.
 pub async fn run_one(st: &AppState, id: &str) -> Result<Option<ItemReport>, RedriveError> {
-    let doc = st
-        .guard
-        .db()
-        .fluent()
-        .select()
-        .by_id_in(&st.config.collections.dead_letters)
-        .one(id)
-        .await
-        .map_err(fs_err)?;
-    let Some(doc) = doc else { return Ok(None) };
-    let letter = FirestoreDb::deserialize_doc_to::<DeadLetter>(&doc).map_err(fs_err)?;
+    let Some((doc, letter)) = read(st, id).await? else {
+        return Ok(None);
+    };
     if letter.redrive.as_ref().is_some_and(|r| r.resolved) {
         return Ok(Some(report(&doc, &letter, "resolved", None, None)));
     }

@@ -461,18 +461,13 @@ pub async fn get_dead_letter(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DeadLetterDetail>, ApiError> {
     let id = dead_letter_id(id)?;
-    let doc = st
-        .guard
-        .db()
-        .fluent()
-        .select()
-        .by_id_in(&st.config.collections.dead_letters)
-        .one(&id)
-        .await
-        .map_err(|e| unavailable(&st, e))?
-        .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id}")))?;
-    let d = FirestoreDb::deserialize_doc_to::<DeadLetter>(&doc)
-        .map_err(|e| ApiError::Internal(format!("dead letter {id} unreadable: {e}")))?;
+    let (_, d) = match redrive::read(&st, &id).await {
+        Ok(found) => found.ok_or_else(|| ApiError::NotFound(format!("no dead letter {id}")))?,
+        Err(e @ redrive::RedriveError::Unreadable(_)) => {
+            return Err(ApiError::Internal(e.to_string()))
+        }
+        Err(e) => return Err(unavailable(&st, e)),
+    };
     Ok(Json(DeadLetterDetail {
         summary: summary(id, &d),
         headers: d.headers.clone(),

@@ -26,6 +26,28 @@ impl Drop for Driver {
     }
 }
 
+/// Click the element with `id`.
+async fn click(b: &fantoccini::Client, id: &str) {
+    let e = b
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id}: {e}"));
+    e.click()
+        .await
+        .unwrap_or_else(|e| panic!("click #{id}: {e}"));
+}
+
+/// Type `text` into the input with `id`.
+async fn type_into(b: &fantoccini::Client, id: &str, text: &str) {
+    let e = b
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id}: {e}"));
+    e.send_keys(text)
+        .await
+        .unwrap_or_else(|e| panic!("type into #{id}: {e}"));
+}
+
 // The child is killed and waited for in `Driver::drop`, which clippy cannot see.
 #[allow(clippy::zombie_processes)]
 async fn chromedriver() -> Driver {
@@ -96,20 +118,8 @@ async fn console_looks_up_an_order_and_redrives_a_dead_letter_in_chromium() {
     assert_eq!(browser.title().await.unwrap(), "firestore-once console");
 
     // Look the order up by its order ID.
-    browser
-        .find(Locator::Id("lookup-value"))
-        .await
-        .unwrap()
-        .send_keys("o-console-1")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("lookup-go"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&browser, "lookup-value", "o-console-1").await;
+    click(&browser, "lookup-go").await;
     let found = wait(&browser)
         .for_element(Locator::Css("#lookup-result[data-outcome=processed]"))
         .await
@@ -165,13 +175,7 @@ async fn console_looks_up_an_order_and_redrives_a_dead_letter_in_chromium() {
         shot,
     )
     .unwrap();
-    browser
-        .find(Locator::Id("dl-redrive"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "dl-redrive").await;
     let result = wait(&browser)
         .for_element(Locator::Css("#dl-redrive-result[data-result]"))
         .await
@@ -182,13 +186,7 @@ async fn console_looks_up_an_order_and_redrives_a_dead_letter_in_chromium() {
     );
     assert_eq!(app.stock("con-item").await, Some(5 - 2 - 1));
     // A second click finds it resolved and applies nothing.
-    browser
-        .find(Locator::Id("dl-redrive"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "dl-redrive").await;
     wait(&browser)
         .for_element(Locator::Css("#dl-redrive-result[data-result=resolved]"))
         .await

@@ -89,58 +89,10 @@ def main():
         )
     )
     created = fs.DocumentEventData(value=order_doc("r-pb", "o-fs-pb", item, 3))
-    out["firestore_protobuf_created"] = message(
-        ce_http.to_binary(
-            firestore_event(
-                "evt-fs-1",
-                "google.cloud.firestore.document.v1.created",
-                fs.DocumentEventData.serialize(created),
-                "application/protobuf",
-                "documents/order_requests/r-pb",
-            ),
-            fmt,
-        )
-    )
     written = fs.DocumentEventData(value=order_doc("r-json", "o-fs-json", item, 4))
-    out["firestore_json_written"] = message(
-        ce_http.to_binary(
-            firestore_event(
-                "evt-fs-2",
-                "google.cloud.firestore.document.v1.written",
-                fs.DocumentEventData.to_json(written).encode(),
-                "application/json",
-                "documents/order_requests/r-json",
-            ),
-            fmt,
-        )
-    )
     # A delete as Google's samples write it: `value` present but an empty Document.
     deleted = fs.DocumentEventData(
         value=fs.Document(), old_value=order_doc("r-del", "o-del", item, 1)
-    )
-    out["firestore_protobuf_deleted"] = message(
-        ce_http.to_binary(
-            firestore_event(
-                "evt-fs-3",
-                "google.cloud.firestore.document.v1.written",
-                fs.DocumentEventData.serialize(deleted),
-                "application/protobuf",
-                "documents/order_requests/r-del",
-            ),
-            fmt,
-        )
-    )
-    out["firestore_json_deleted"] = message(
-        ce_http.to_binary(
-            firestore_event(
-                "evt-fs-4",
-                "google.cloud.firestore.document.v1.written",
-                fs.DocumentEventData.to_json(deleted).encode(),
-                "application/json",
-                "documents/order_requests/r-del",
-            ),
-            fmt,
-        )
     )
     # An order the service refuses (quantity 0), carrying non-UTF-8 bytes: dead-lettered,
     # and its stored body must be exactly these bytes.
@@ -149,18 +101,23 @@ def main():
             "r-bad", "o-fs-bad", item, 0, {"blob": fs.Value(bytes_value=b"\xff\xfe\x00\x80")}
         )
     )
-    out["firestore_protobuf_invalid"] = message(
-        ce_http.to_binary(
-            firestore_event(
-                "evt-fs-5",
-                "google.cloud.firestore.document.v1.created",
-                fs.DocumentEventData.serialize(bad),
-                "application/protobuf",
-                "documents/order_requests/r-bad",
-            ),
-            fmt,
+    protobuf = ("application/protobuf", fs.DocumentEventData.serialize)
+    as_json = ("application/json", lambda d: fs.DocumentEventData.to_json(d).encode())
+    for case, ev_id, verb, (content_type, encode), doc, data in [
+        ("firestore_protobuf_created", "evt-fs-1", "created", protobuf, "r-pb", created),
+        ("firestore_json_written", "evt-fs-2", "written", as_json, "r-json", written),
+        ("firestore_protobuf_deleted", "evt-fs-3", "written", protobuf, "r-del", deleted),
+        ("firestore_json_deleted", "evt-fs-4", "written", as_json, "r-del", deleted),
+        ("firestore_protobuf_invalid", "evt-fs-5", "created", protobuf, "r-bad", bad),
+    ]:
+        event = firestore_event(
+            ev_id,
+            f"google.cloud.firestore.document.v1.{verb}",
+            encode(data),
+            content_type,
+            f"documents/order_requests/{doc}",
         )
-    )
+        out[case] = message(ce_http.to_binary(event, fmt))
     json.dump(out, sys.stdout)
 
 
