@@ -5,14 +5,16 @@
 //! build step, nothing fetched at run time. It sits behind the same gate as every other route
 //! (Cloud Run IAM: only principals with `run.invoker` reach the service at all).
 //!
-//! Listings order by `created_at` (Firestore's automatic single-field index) and filter in
-//! process over a bounded window, so they need no composite index.
+//! Listings are Firestore queries: equality filters (outcome, kind; reason, route) ordered by
+//! `created_at` descending, so an old rejected operation is found however many newer ones
+//! there are. With a filter, production Firestore needs the composite indexes that
+//! `cloudbuild.yaml`'s `indexes` step creates (docs/operate.md); the emulator needs none.
 
 use super::error::ApiError;
 use super::status::{self, OperationStatus};
 use super::AppState;
 use crate::engine::key::hashed_id;
-use crate::engine::record::StatusRecord;
+use crate::engine::record::{OutcomeKind, StatusRecord};
 use crate::engine::ValidationError;
 use crate::http::dead_letter::{BodyEncoding, DeadLetter, RedriveState};
 use crate::redrive::{self, ItemReport};
@@ -29,9 +31,6 @@ use utoipa::{IntoParams, ToSchema};
 const HTML: &str = include_str!("console/index.html");
 const JS: &str = include_str!("console/console.js");
 const CSS: &str = include_str!("console/console.css");
-
-/// Most documents one listing looks at (filters apply within this window).
-const SCAN_WINDOW: u32 = 1000;
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     let mut r = body.into_response();
@@ -76,11 +75,12 @@ fn unavailable(st: &AppState, detail: impl std::fmt::Display) -> ApiError {
     }
 }
 
-/// The `n` newest documents of `collection` by `created_at` (one ordered query; filters are
-/// applied in process over this window so no composite index is needed).
+/// The `n` newest documents of `collection` by `created_at` whose fields equal `equal`
+/// (field, value): one ordered query, filtered by Firestore, not in process.
 async fn newest(
     st: &AppState,
     collection: &str,
+    equal: Vec<(&'static str, String)>,
     n: u32,
 ) -> Result<Vec<firestore::FirestoreDocument>, ApiError> {
     st.guard
@@ -88,6 +88,13 @@ async fn newest(
         .fluent()
         .select()
         .from(collection)
+        .filter(move |q| {
+            q.for_all(
+                equal
+                    .iter()
+                    .map(|(field, value)| q.field(*field).eq(value.as_str())),
+            )
+        })
         .order(|o| o.fields([o.field("created_at").descending()]))
         .limit(n)
         .query()
@@ -114,6 +121,16 @@ pub enum OutcomeFilter {
     Processed,
     /// Operations a business rule refused.
     Rejected,
+}
+
+impl OutcomeFilter {
+    /// The stored `outcome` value it selects.
+    fn as_str(self) -> &'static str {
+        match self {
+            OutcomeFilter::Processed => OutcomeKind::Processed.as_str(),
+            OutcomeFilter::Rejected => OutcomeKind::Rejected.as_str(),
+        }
+    }
 }
 
 /// Filters of `GET /operations`.
@@ -164,8 +181,8 @@ pub struct OperationList {
 #[utoipa::path(get, path = "/operations", tag = "operations",
     params(OperationsQuery),
     responses(
-        (status = 200, description = "Recent operations, newest first (filters apply to the \
-         latest 1000).", body = OperationList, content_type = "application/json"),
+        (status = 200, description = "Recent operations, newest first (filters select in \
+         Firestore, over every operation).", body = OperationList, content_type = "application/json"),
         (status = 400, description = "A bad filter.", body = crate::http::openapi::Problem,
          content_type = "application/problem+json"),
         (status = 503, description = "Firestore did not answer.",
@@ -177,18 +194,17 @@ pub async fn list_operations(
 ) -> Result<Json<OperationList>, ApiError> {
     let Query(q) = q.map_err(bad_query)?;
     let limit = limit_of(q.limit)?;
-    let filtered = q.outcome.is_some() || q.kind.is_some();
-    let n = if filtered { SCAN_WINDOW } else { limit };
-    let docs = newest(&st, &st.config.collections.operations, n).await?;
+    let mut equal = Vec::new();
+    if let Some(o) = q.outcome {
+        equal.push(("outcome", o.as_str().to_string()));
+    }
+    if let Some(k) = q.kind {
+        equal.push(("kind", k));
+    }
+    let docs = newest(&st, &st.config.collections.operations, equal, limit).await?;
     let operations = docs
         .iter()
         .filter_map(|d| FirestoreDb::deserialize_doc_to::<StatusRecord>(d).ok())
-        .filter(|r| {
-            q.outcome.is_none_or(|o| {
-                (o == OutcomeFilter::Processed) == (r.outcome.as_str() == "processed")
-            }) && q.kind.as_ref().is_none_or(|k| *k == r.kind)
-        })
-        .take(limit as usize)
         .map(|r| OperationSummary {
             outcome: r.outcome.as_str().to_string(),
             created_at: r.created_at.to_string(),
@@ -383,8 +399,8 @@ fn doc_id(name: &str) -> String {
 #[utoipa::path(get, path = "/dead-letters", tag = "dead letters",
     params(DeadLettersQuery),
     responses(
-        (status = 200, description = "Recent dead letters, newest first (filters apply to \
-         the latest 1000).", body = DeadLetterList, content_type = "application/json"),
+        (status = 200, description = "Recent dead letters, newest first (filters select in \
+         Firestore, over every dead letter).", body = DeadLetterList, content_type = "application/json"),
         (status = 400, description = "A bad filter.", body = crate::http::openapi::Problem,
          content_type = "application/problem+json"),
         (status = 503, description = "Firestore did not answer.",
@@ -396,18 +412,20 @@ pub async fn list_dead_letters(
 ) -> Result<Json<DeadLetterList>, ApiError> {
     let Query(q) = q.map_err(bad_query)?;
     let limit = limit_of(q.limit)?;
-    let filtered = q.reason.is_some() || q.route.is_some();
-    let n = if filtered { SCAN_WINDOW } else { limit };
-    let docs = newest(&st, &st.config.collections.dead_letters, n).await?;
+    let mut equal = Vec::new();
+    if let Some(r) = q.reason {
+        equal.push(("reason", r));
+    }
+    if let Some(r) = q.route {
+        equal.push(("route", r));
+    }
+    let docs = newest(&st, &st.config.collections.dead_letters, equal, limit).await?;
     let dead_letters = docs
         .iter()
         .filter_map(|d| {
             let l = FirestoreDb::deserialize_doc_to::<DeadLetter>(d).ok()?;
-            let keep = q.reason.as_ref().is_none_or(|r| *r == l.reason)
-                && q.route.as_ref().is_none_or(|r| *r == l.route);
-            keep.then(|| summary(doc_id(&d.name), &l))
+            Some(summary(doc_id(&d.name), &l))
         })
-        .take(limit as usize)
         .collect();
     Ok(Json(DeadLetterList { dead_letters }))
 }

@@ -416,7 +416,7 @@ impl Modify for Shared {
             .build();
         for (path, item) in doc.paths.paths.iter_mut() {
             // Outside the load-shedding limit and independent of Firestore.
-            if path == "/healthz" || path == "/openapi.json" {
+            if path == "/healthz" || path == "/openapi.json" || path == "/metrics" {
                 continue;
             }
             let ops: [&mut Option<Operation>; 2] = [&mut item.get, &mut item.post];
@@ -456,6 +456,7 @@ impl Modify for Shared {
         super::console::style,
         super::healthz,
         super::ready::readyz,
+        super::serve_metrics,
         openapi_json,
     ),
     components(schemas(
@@ -551,11 +552,15 @@ mod tests {
             "/healthz",
             "/readyz",
             "/openapi.json",
+            "/metrics",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }
         assert!(doc["paths"]["/orders"]["post"]["responses"]["503"].is_object());
         assert!(doc["paths"]["/healthz"]["get"]["responses"]["503"].is_null());
+        let metrics = &doc["paths"]["/metrics"]["get"]["responses"];
+        assert!(metrics["200"]["content"]["application/openmetrics-text"].is_object());
+        assert!(metrics["404"].is_object() && metrics["503"].is_null());
         assert!(document().unwrap().ends_with("}\n"));
     }
 }

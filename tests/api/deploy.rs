@@ -1201,6 +1201,19 @@ fn cloudbuild_tests_builds_deploys_and_wires_eventarc() {
     ] {
         assert!(ttl.contains(piece), "ttl lacks {piece}:\n{ttl}");
     }
+    // The composite indexes the console's filtered listings need (src/http/console.rs).
+    let indexes = step_text(&doc, "indexes");
+    for piece in [
+        "${_OPERATIONS}:outcome",
+        "${_OPERATIONS}:kind",
+        "${_DEAD_LETTERS}:reason",
+        "${_DEAD_LETTERS}:route",
+        "indexes composite create",
+        "field-path=created_at,order=descending",
+        "ALREADY_EXISTS",
+    ] {
+        assert!(indexes.contains(piece), "indexes lacks {piece}:\n{indexes}");
+    }
 }
 
 /// gcloud's own reader of build configs, when the SDK is installed: it refuses unknown

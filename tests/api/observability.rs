@@ -2,12 +2,12 @@
 //! `once_deliveries_total` series by exactly one, and an exported trace reaches an OTLP/HTTP
 //! receiver with the caller's trace ID and the Firestore calls as child spans.
 
-use crate::helpers::{guard_for, project, spawn_app_with, TestApp};
+use crate::helpers::{emulator_host, guard_for, project, spawn_app_with, TestApp};
+use crate::operate::Service;
 use axum::body::Bytes;
 use axum::routing::post;
 use base64::Engine;
 use firestore_once::config::Config;
-use firestore_once::tracing_otel;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
@@ -15,8 +15,6 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::EnvFilter;
 
 /// Every sample of a Prometheus text exposition: `name{labels}` → value.
 async fn scrape(app: &TestApp) -> BTreeMap<String, f64> {
@@ -238,60 +236,35 @@ async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
     (format!("http://{addr}/v1/traces"), spans)
 }
 
-/// In-memory log sink, to compare the log's trace fields with the exported span.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-// The default test runtime is one thread, so the subscriber set for this thread also sees the
-// service's spawned tasks (the guard's batch leader among them).
-// Run alone (`.ci/run` does): with other tests running in parallel threads the Firestore child
-// spans are not seen by this thread's subscriber (a per-callsite interest race not yet solved).
-#[ignore = "run alone: cargo test --test api observability::a_request_span -- --ignored"]
+/// The real binary, as Cloud Run runs it, exporting to the in-test receiver through the
+/// standard variable: its global subscriber sees every task's spans, whatever the other tests
+/// running in parallel threads do.
 #[tokio::test]
 async fn a_request_span_joins_the_callers_trace_with_firestore_calls_as_children() {
     let (url, spans) = otlp_receiver().await;
-    let provider = tokio::task::spawn_blocking(move || tracing_otel::provider(Some(&url)))
-        .await
-        .unwrap()
-        .unwrap();
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber =
-        firestore_once::telemetry::json_subscriber(EnvFilter::new("info"), move || writer.clone())
-            .with(tracing_otel::layer(&provider));
-    let _default = tracing::subscriber::set_default(subscriber);
-    // Tests on other threads (no subscriber) may have met these callsites first and cached
-    // "not interested"; ask every callsite again now that this thread has a subscriber.
-    tracing::callsite::rebuild_interest_cache();
-
-    let app = spawn_app_with(project(), |_| {}).await;
-    app.seed("pear", 5).await;
+    let project = project();
+    let seeder = spawn_app_with(project.clone(), |_| {}).await;
+    seeder.seed("pear", 5).await;
+    let mut svc = Service::start(
+        &project,
+        emulator_host(),
+        &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url.as_str())],
+    )
+    .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent_span = "00f067aa0ba902b7";
-    let r = app
+    let r = seeder
         .http
-        .post(app.url("/orders"))
+        .post(format!("http://127.0.0.1:{}/orders", svc.port))
         .header("traceparent", format!("00-{trace_id}-{parent_span}-01"))
         .json(&json!({"order_id": "t-1", "item_id": "pear", "quantity": 1}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let p = provider.clone();
-    tokio::task::spawn_blocking(move || p.force_flush())
-        .await
-        .unwrap()
-        .unwrap();
+    // SIGTERM: the binary flushes its span batch to the receiver before it exits.
+    svc.sigterm();
+    assert!(svc.exit(Duration::from_secs(30)).await.success());
 
     let spans = spans.lock().unwrap().clone();
     let hex = |b: &[u8]| hex::encode(b);
@@ -335,10 +308,9 @@ async fn a_request_span_joins_the_callers_trace_with_firestore_calls_as_children
     );
     assert!(firestore.iter().any(|s| s.name.ends_with("/Commit")));
     // The decision log line names the same trace and span, as Cloud Logging links them.
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    let decision: Value = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    let decision = svc
+        .json_lines()
+        .into_iter()
         .find(|v| v["message"] == "decision")
         .expect("a decision line");
     assert!(decision["logging.googleapis.com/trace"]
@@ -349,5 +321,4 @@ async fn a_request_span_joins_the_callers_trace_with_firestore_calls_as_children
         decision["logging.googleapis.com/spanId"],
         hex(&request.span_id)
     );
-    let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
 }

@@ -76,6 +76,9 @@ async fn json_logs_carry_severity_trace_and_the_decision_fields() {
         EnvFilter::new("info"),
         move || writer.clone(),
     ));
+    // Callsites met first on other test threads (no subscriber) may have cached "never";
+    // ask every callsite again now that a scoped dispatcher exists.
+    tracing::callsite::rebuild_interest_cache();
     let send = |req: Request<Body>| {
         router
             .clone()
@@ -263,9 +266,9 @@ async fn readyz_follows_firestore_while_healthz_does_not() {
 // ----------------------------------------------------------------------------------------
 
 /// The `firestore-once` binary running as a child process, its output collected.
-struct Service {
+pub(crate) struct Service {
     child: tokio::process::Child,
-    port: u16,
+    pub(crate) port: u16,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
     readers: Vec<tokio::task::JoinHandle<()>>,
@@ -288,7 +291,7 @@ fn collect(
 impl Service {
     /// Start the binary for `project` against the Firestore at `firestore` (host:port) and
     /// wait until it answers /healthz.
-    async fn start(project: &str, firestore: &str, env: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start(project: &str, firestore: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let started = Instant::now();
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_firestore-once"))
@@ -339,7 +342,7 @@ impl Service {
         }
     }
 
-    fn sigterm(&self) {
+    pub(crate) fn sigterm(&self) {
         let pid = self.child.id().expect("still running");
         let ok = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -350,7 +353,7 @@ impl Service {
     }
 
     /// Wait for the exit and for the last of its output.
-    async fn exit(&mut self, within: Duration) -> std::process::ExitStatus {
+    pub(crate) async fn exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let status = tokio::time::timeout(within, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("still running {within:?} after SIGTERM"))
@@ -361,7 +364,7 @@ impl Service {
         status
     }
 
-    fn json_lines(&self) -> Vec<Value> {
+    pub(crate) fn json_lines(&self) -> Vec<Value> {
         self.stdout
             .lock()
             .unwrap()

@@ -367,6 +367,77 @@ async fn undecodable_path_segments_are_problem_json() {
     }
 }
 
+/// The listing's filters select in Firestore: one rejected order behind more newer processed
+/// ones than any in-process window would read (1,000 was the old one) is still found.
+#[tokio::test]
+async fn operations_listing_filters_in_firestore_over_every_operation() {
+    let app = spawn_app().await;
+    app.seed("apple", 1).await;
+    let r = app
+        .order(&json!({"order_id": "old-refused", "item_id": "apple", "quantity": 5}))
+        .await;
+    assert_eq!(r.status(), 409);
+    let r = app
+        .order(&json!({"order_id": "newer", "item_id": "apple", "quantity": 1}))
+        .await;
+    assert_eq!(r.status(), 200);
+    // 1,200 more processed status documents, each a copy of the real one (so each is a
+    // well-formed record, newer than the rejection), written in commits of 400.
+    let real = app
+        .doc("operations", &op_id("order", "newer"))
+        .await
+        .expect("the processed order's status document");
+    let root = app.rest.split("/v1/").nth(1).unwrap().to_string();
+    for chunk in 0..3 {
+        let writes: Vec<Value> = (0..400)
+            .map(|i| {
+                let key = format!("filler-{chunk}-{i}");
+                let mut fields = real["fields"].clone();
+                fields["key"] = json!({"stringValue": key});
+                fields["operation_id"] = json!({"stringValue": op_id("order", &key)});
+                json!({"update": {"name": format!("{root}/operations/{}", op_id("order", &key)),
+                                  "fields": fields}})
+            })
+            .collect();
+        let r = app
+            .http
+            .post(format!("{}:commit", app.rest))
+            .json(&json!({ "writes": writes }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    let list = |q: &'static str| {
+        let app = &app;
+        async move {
+            let r = app
+                .http
+                .get(app.url(&format!("/operations?{q}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{q}");
+            let v: Value = r.json().await.unwrap();
+            v["operations"].as_array().unwrap().clone()
+        }
+    };
+    let refused = list("outcome=rejected&limit=10").await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["key"], "old-refused");
+    assert_eq!(refused[0]["reason"], "insufficient_stock");
+    let refused = list("outcome=rejected&kind=order").await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let processed = list("outcome=processed&kind=order&limit=200").await;
+    assert_eq!(processed.len(), 200);
+    assert!(processed.iter().all(|o| o["outcome"] == "processed"));
+    assert!(list("kind=restock").await.is_empty());
+    // Unfiltered: the newest 50, none of them the old rejection.
+    let recent = list("").await;
+    assert_eq!(recent.len(), 50);
+    assert!(recent.iter().all(|o| o["outcome"] == "processed"));
+}
+
 /// `UPDATE_OPENAPI=1 cargo test openapi` rewrites `openapi.json` from the code.
 #[tokio::test]
 async fn served_openapi_document_is_the_committed_file() {
