@@ -1323,14 +1323,8 @@ async fn lost_answers_strand_nothing_the_other_instance_keeps_selling() {
     .print("scale-out-lost-answers");
 }
 
-/// Units the item holds in all: its main document plus every stock shard.
+/// Units the item holds in all: its main document plus every stock shard, none below zero.
 async fn total_stock(http: &reqwest::Client, rest: &str, id: &str) -> i64 {
-    let units = |d: &Value| {
-        d["fields"]["stock"]["integerValue"]
-            .as_str()
-            .and_then(|s| s.parse::<i64>().ok())
-            .unwrap_or(0)
-    };
     let main: Value = http
         .get(format!("{rest}/items/{id}"))
         .send()
@@ -1339,21 +1333,16 @@ async fn total_stock(http: &reqwest::Client, rest: &str, id: &str) -> i64 {
         .json()
         .await
         .unwrap();
-    let shards: Value = http
-        .get(format!("{rest}/items/{id}/shards"))
-        .query(&[("pageSize", "1000")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let shards = shards["documents"].as_array().cloned().unwrap_or_default();
-    for s in &shards {
-        assert!(units(s) >= 0, "a shard below zero: {s}");
+    let main = main["fields"]["stock"]["integerValue"]
+        .as_str()
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or(0);
+    assert!(main >= 0, "the main document below zero: {main}");
+    let shards = shards(http, rest, id).await;
+    for (k, units) in &shards {
+        assert!(*units >= 0, "shard {k} below zero: {units}");
     }
-    assert!(units(&main) >= 0, "the main document below zero: {main}");
-    units(&main) + shards.iter().map(units).sum::<i64>()
+    main + shards.values().sum::<i64>()
 }
 
 /// Scenarios 6a and 6b (issue 12): two instances sell one hot item of stock `S`; a gRPC-aware
