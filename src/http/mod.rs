@@ -13,7 +13,6 @@ use crate::config::Config;
 use crate::engine::Registry;
 use crate::faults::Faults;
 use crate::guard::{workflow, Guard};
-use crate::shop::fulfil::LocalCarrier;
 use axum::extract::State;
 use axum::http::{header, HeaderName};
 use axum::response::{IntoResponse, Response};
@@ -54,7 +53,7 @@ impl AppState {
             guard,
             config: Arc::new(config),
             project_id: project_id.into(),
-            registry: Arc::new(crate::shop::registry(Arc::new(LocalCarrier))),
+            registry: Arc::new(crate::shop::default_registry()),
             workflows: Arc::new(workflows),
             faults: None,
         }

@@ -461,7 +461,7 @@ mod tests {
 
     #[test]
     fn steps_name_their_task() {
-        let r = crate::shop::registry(std::sync::Arc::new(crate::shop::fulfil::LocalCarrier));
+        let r = crate::shop::default_registry();
         let task_of = |kind, key| task_of(&r, kind, key);
         let t = task_of("fulfil_order.ship", "o-1").unwrap();
         assert_eq!(t.step, "ship");

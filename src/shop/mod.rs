@@ -11,7 +11,7 @@ pub mod restock;
 pub mod stock;
 
 use crate::engine::{Operation, Registry, Workflow};
-use fulfil::Carrier;
+use fulfil::{Carrier, LocalCarrier};
 use std::sync::Arc;
 
 /// The shipped kinds: `order` (the same operation as `POST /orders`), `restock`,
@@ -31,4 +31,9 @@ pub fn registry(carrier: Arc<dyn Carrier>) -> Registry {
         Ok(Arc::new(fulfil::Fulfil::parse(v, ctx, carrier.clone())?) as Arc<dyn Workflow>)
     });
     r
+}
+
+/// [`registry`] with the stand-in carrier: what the binary serves.
+pub fn default_registry() -> Registry {
+    registry(Arc::new(LocalCarrier))
 }
