@@ -841,42 +841,42 @@ impl Env {
         Ok(())
     }
 
-    /// Units taken from stock: initial total minus what the items hold now.
-    async fn units_taken(&self, project: &str, ids: &[String]) -> Result<i64> {
+    /// The documents of `collection` (one page of up to 1000), through the emulator's REST API.
+    async fn documents(&self, project: &str, collection: &str) -> Result<Vec<Value>> {
         let v: Value = self
             .http
-            .get(format!("{}/items", self.rest(project)))
+            .get(format!("{}/{collection}", self.rest(project)))
             .query(&[("pageSize", "1000")])
             .send()
             .await?
             .json()
             .await?;
-        let docs = v["documents"].as_array().cloned().unwrap_or_default();
+        Ok(v["documents"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Units taken from stock: initial total minus what the items hold now.
+    async fn units_taken(&self, project: &str, ids: &[String]) -> Result<i64> {
+        let stock = |d: &Value, what: &str| {
+            d["fields"]["stock"]["integerValue"]
+                .as_str()
+                .and_then(|s| s.parse::<i64>().ok())
+                .with_context(|| format!("{what} without an integer stock"))
+        };
+        let docs = self.documents(project, "items").await?;
         if docs.len() != ids.len() {
             bail!("{} items found, {} seeded", docs.len(), ids.len());
         }
         let mut left = 0i64;
-        for d in docs {
-            left += d["fields"]["stock"]["integerValue"]
-                .as_str()
-                .and_then(|s| s.parse::<i64>().ok())
-                .context("an item without an integer stock")?;
+        for d in &docs {
+            left += stock(d, "an item")?;
         }
         // Plus what the items' stock shards hold (`items/{id}/shards/{k}`).
         for id in ids {
-            let v: Value = self
-                .http
-                .get(format!("{}/items/{id}/shards", self.rest(project)))
-                .query(&[("pageSize", "1000")])
-                .send()
+            for d in self
+                .documents(project, &format!("items/{id}/shards"))
                 .await?
-                .json()
-                .await?;
-            for d in v["documents"].as_array().cloned().unwrap_or_default() {
-                left += d["fields"]["stock"]["integerValue"]
-                    .as_str()
-                    .and_then(|s| s.parse::<i64>().ok())
-                    .context("a shard without an integer stock")?;
+            {
+                left += stock(&d, "a shard")?;
             }
         }
         Ok(PLENTY * ids.len() as i64 - left)
