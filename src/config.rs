@@ -1,6 +1,6 @@
 //! Configuration, read once from the environment as Cloud Run provides it.
 
-use crate::shop::stock::OwnShard;
+use crate::shop::stock::Placement;
 use anyhow::{bail, Context};
 use std::time::Duration;
 
@@ -31,10 +31,11 @@ pub struct Collections {
     /// stock may be spread over so several instances can sell one hot item without writing
     /// the same document (see docs/scale-out.md); 0 sells from `{items}/{id}.stock` alone.
     pub stock_shards: u32,
-    /// The shard this instance prefers: first `hash(ONCE_INSTANCE_ID) mod stock_shards` (the
-    /// instance ID is random per process unless set), another one after repeated conflicts
-    /// on it (see [`OwnShard`]).
-    pub own_shard: OwnShard,
+    /// Which items this instance sells from shards (those it met contended) and which shard
+    /// it prefers: first `hash(ONCE_INSTANCE_ID) mod stock_shards` (the instance ID is random
+    /// per process unless set), another one after repeated conflicts on it (see
+    /// [`Placement`]).
+    pub placement: Placement,
 }
 
 /// Default of `ONCE_STOCK_SHARDS`.
@@ -69,7 +70,7 @@ impl Default for Collections {
             invoices: "invoices".into(),
             shipments: "shipments".into(),
             stock_shards: DEFAULT_STOCK_SHARDS,
-            own_shard: OwnShard::new(0),
+            placement: Placement::new(0),
         }
     }
 }
@@ -239,7 +240,7 @@ impl Config {
                 invoices: name("ONCE_INVOICES_COLLECTION", "invoices")?,
                 shipments: name("ONCE_SHIPMENTS_COLLECTION", "shipments")?,
                 stock_shards,
-                own_shard: OwnShard::new(shard_of(&instance_id, stock_shards)),
+                placement: Placement::new(shard_of(&instance_id, stock_shards)),
             },
             instance_id,
             retention: Duration::from_secs(retention_days.max(1) * 24 * 3600),
@@ -338,14 +339,14 @@ mod tests {
         assert_eq!(
             c.collections,
             Collections {
-                own_shard: c.collections.own_shard.clone(),
+                placement: c.collections.placement.clone(),
                 ..Collections::default()
             }
         );
-        assert!(c.collections.own_shard.get() < DEFAULT_STOCK_SHARDS);
+        assert!(c.collections.placement.shard() < DEFAULT_STOCK_SHARDS);
         let c = cfg(&[("ONCE_INSTANCE_ID", "5"), ("ONCE_STOCK_SHARDS", "4")]).unwrap();
         assert_eq!(
-            (c.collections.stock_shards, c.collections.own_shard.get()),
+            (c.collections.stock_shards, c.collections.placement.shard()),
             (4, 1)
         );
         assert_eq!(shard_of("rev-abc", 0), 0);

@@ -126,7 +126,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         emulator = std::env::var("FIRESTORE_EMULATOR_HOST").ok(),
         instance_id = config.instance_id,
         stock_shards = config.collections.stock_shards,
-        own_shard = config.collections.own_shard.get(),
+        own_shard = config.collections.placement.shard(),
         "serving"
     );
     server::serve(listener, state, server::shutdown_signal()).await

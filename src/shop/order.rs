@@ -2,7 +2,7 @@
 //! business rejection stored as an outcome instead of raised (which would roll back the status
 //! write and make every redelivery try again, forever).
 
-use super::stock::{ItemStock, OwnShard, Take};
+use super::stock::{ItemStock, Placement, Take};
 use crate::config::Collections;
 use crate::engine::key::{hashed_id, is_valid_document_id, Fingerprint};
 use crate::engine::{
@@ -38,13 +38,12 @@ pub struct Order {
     order_id: String,
     /// Sorted by `item_id`, so line order in the request does not change the fingerprint.
     lines: Vec<Line>,
-    items: String,
     orders: String,
-    shards: u32,
-    /// The instance's preferred shard when this order was parsed: its reads and lane.
-    own_shard: u32,
-    /// The instance's preference, told how this order's commits went (see [`OwnShard`]).
-    prefer: OwnShard,
+    /// Where each line's stock is taken from, fixed when the order was parsed (its reads and
+    /// lane must not change under it); aligned with `lines`.
+    stocks: Vec<ItemStock>,
+    /// The instance's placement, told how this order's commits went (see [`Placement`]).
+    placement: Placement,
 }
 
 /// The life of an order, stored lowercase in `orders/{id}.state`.
@@ -236,12 +235,13 @@ impl Order {
         Ok(Self {
             // An order keyed by its delivery is stored under that key as its order ID.
             order_id: domain.unwrap_or_else(|| key.clone()),
+            stocks: lines
+                .iter()
+                .map(|l| stock_of(ctx.collections, &l.item_id))
+                .collect(),
             lines,
-            items: ctx.collections.items.clone(),
             orders: ctx.collections.orders.clone(),
-            shards: ctx.collections.stock_shards,
-            own_shard: ctx.collections.own_shard.get(),
-            prefer: ctx.collections.own_shard.clone(),
+            placement: ctx.collections.placement.clone(),
         })
     }
 
@@ -257,11 +257,11 @@ impl Order {
 
     #[cfg(test)]
     fn item(&self, id: &str) -> DocRef {
-        DocRef::new(&self.items, id)
+        DocRef::new(&Collections::default().items, id)
     }
 
-    fn stock(&self, id: &str) -> ItemStock {
-        ItemStock::new(&self.items, id, self.shards, self.own_shard)
+    fn lines_with_stock(&self) -> impl Iterator<Item = (&Line, &ItemStock)> {
+        self.lines.iter().zip(&self.stocks)
     }
 }
 
@@ -285,24 +285,20 @@ impl Operation for Order {
     }
 
     fn reads(&self) -> Vec<DocRef> {
-        self.lines
-            .iter()
-            .flat_map(|l| self.stock(&l.item_id).reads())
-            .collect()
+        self.stocks.iter().flat_map(ItemStock::reads).collect()
     }
 
     fn reads_after(&self, first: &Snapshot) -> Vec<DocRef> {
-        self.lines
-            .iter()
-            .flat_map(|l| self.stock(&l.item_id).reads_after(first, l.quantity))
+        self.lines_with_stock()
+            .flat_map(|(l, s)| s.reads_after(first, l.quantity))
             .collect()
     }
 
     fn decide(&self, snapshot: &Snapshot) -> Result<Decision, OpError> {
         let mut writes = Vec::with_capacity(self.lines.len() * 2 + 1);
         // Lines name distinct items (checked at parse), so each reads its own documents.
-        for line in &self.lines {
-            match self.stock(&line.item_id).take(snapshot, line.quantity)? {
+        for (line, stock) in self.lines_with_stock() {
+            match stock.take(snapshot, line.quantity)? {
                 Take::Unknown => {
                     return Ok(Decision::reject(
                         "unknown_item",
@@ -341,11 +337,28 @@ impl Operation for Order {
     }
 
     fn committed(&self, conflict: bool) {
-        if self.shards == 0 {
-            return;
+        let mut shard = None;
+        for (line, stock) in self.lines_with_stock() {
+            match stock.own() {
+                Some(k) => shard = Some(k),
+                // Refused on an item sold from its main document: another instance writes
+                // it too, so later orders here sell it from this instance's shard.
+                None if conflict && stock.shards() > 0 && self.placement.spread(&line.item_id) => {
+                    tracing::info!(
+                        operation_id = %hashed_id(self.kind(), &self.order_id),
+                        order_id = %self.order_id,
+                        item_id = %line.item_id,
+                        shard = self.placement.shard() % stock.shards(),
+                        outcome = "stock_spread",
+                        "item contended: later orders here sell it from this instance's stock shard"
+                    );
+                }
+                None => {}
+            }
         }
-        let from = self.own_shard % self.shards;
-        if let Some(to) = self.prefer.observe(from, self.shards, conflict) {
+        let Some(from) = shard else { return };
+        let shards = self.stocks.first().map_or(0, ItemStock::shards);
+        if let Some(to) = self.placement.observe(from, shards, conflict) {
             tracing::warn!(
                 operation_id = %hashed_id(self.kind(), &self.order_id),
                 order_id = %self.order_id,
@@ -357,6 +370,13 @@ impl Operation for Order {
             );
         }
     }
+}
+
+/// Where an order line for `item_id` takes its stock, as this instance places it now.
+fn stock_of(c: &Collections, item_id: &str) -> ItemStock {
+    let shards = c.stock_shards;
+    let spread = shards > 0 && c.placement.is_spread(item_id);
+    ItemStock::new(&c.items, item_id, shards, c.placement.shard(), spread)
 }
 
 #[cfg(test)]

@@ -6,21 +6,25 @@
 //! hot item write different documents. The item's total stock is always
 //! `main + Σ shards`; see docs/scale-out.md ("Data") for the rules:
 //!
-//! - **Own shard.** An instance takes from its own shard `k` when it covers the line; the
-//!   order then reads and writes that one document (the main document is read only when the
-//!   shard falls short).
+//! - **Main first.** An item is sold from its main document, as without shards, until this
+//!   instance's commit on it is refused because another writer changed it (see
+//!   [`Placement`]): one instance alone never moves stock into shards.
+//! - **Own shard.** Once the item is contended, an instance takes from its own shard `k` when
+//!   it covers the line; the order then reads and writes that one document (the main
+//!   document is read only when the shard falls short).
 //! - **Refill.** Otherwise, when own shard + main cover it, one commit moves a chunk of
 //!   `max(needed, ceil(main / K))` units from main into the shard and takes the line.
 //! - **Gather.** Otherwise every shard is read (a second read, before any write) and the line
-//!   takes from the own shard, then main, then the other shards in order, in ONE commit with
-//!   a precondition on each document it writes. If even the total cannot cover the line, the
-//!   rejection commits with every document read verified unchanged, so an order is never
-//!   rejected while the item's total covers it, and never oversold.
+//!   takes from the own shard (if any), then main, then the other shards in order, in ONE
+//!   commit with a precondition on each document it writes. If even the total cannot cover
+//!   the line, the rejection commits with every document read verified unchanged, so an
+//!   order is never rejected while the item's total covers it, and never oversold.
 
 use crate::engine::{DocRef, OpError, Snapshot, Write};
 use serde::Serialize;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The `stock` field of an item, read and written alone so other fields are kept.
 #[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
@@ -32,35 +36,78 @@ pub struct Stock {
 /// Conflicts in a row on the own shard after which an instance moves to another shard.
 pub const MOVE_AFTER_CONFLICTS: u32 = 3;
 
-/// The shard this instance prefers, shared by every order it parses (clones share it).
+/// Items remembered as contended; past this many, every item is treated as contended (the
+/// set is dropped), which keeps memory bounded and is always correct, only slower to start.
+pub const MAX_SPREAD_ITEMS: usize = 100_000;
+
+/// How this instance places stock, shared by every order it parses (clones share it).
 ///
-/// It starts at `hash(ONCE_INSTANCE_ID) mod K`, but instance IDs can collide mod K, and two
-/// instances on one shard conflict on nearly every commit (each wins about half the races).
-/// So after [`MOVE_AFTER_CONFLICTS`] commits in a row refused by a precondition, the instance
-/// moves to another shard picked at random; any commit that goes through resets the count.
-/// A move changes nothing for correctness: stock already in the old shard stays part of the
-/// total and is sold by whoever prefers that shard, or gathered.
+/// **Which items use shards.** An item is sold from its main document, exactly as without
+/// shards, until a commit of this instance that wrote the main document is refused by a
+/// precondition: then someone else (another instance) writes it too, and from the next order
+/// on this instance sells the item from its own shard. One instance never conflicts with
+/// itself (its lanes serialise), so alone it never spreads an item and pays nothing for the
+/// shard layout. The decision is per item and per instance, and it sticks for the process.
+///
+/// **Which shard.** It starts at `hash(ONCE_INSTANCE_ID) mod K`, but instance IDs can
+/// collide mod K, and two instances on one shard conflict on nearly every commit (each wins
+/// about half the races). So after [`MOVE_AFTER_CONFLICTS`] commits in a row refused by a
+/// precondition, the instance moves to another shard picked at random; any commit that goes
+/// through resets the count. Neither choice matters for correctness: stock in any shard is
+/// part of the total and is sold by whoever prefers that shard, or gathered.
 #[derive(Clone, Default)]
-pub struct OwnShard(Arc<OwnShardState>);
+pub struct Placement(Arc<PlacementState>);
 
 #[derive(Default)]
-struct OwnShardState {
+struct PlacementState {
     current: AtomicU32,
     conflicts: AtomicU32,
+    spread: Mutex<HashSet<String>>,
+    spread_all: AtomicBool,
 }
 
-impl OwnShard {
-    /// Prefer shard `k` (taken mod K where used).
+impl Placement {
+    /// Prefer shard `k` (taken mod K where used); every item starts on its main document.
     pub fn new(k: u32) -> Self {
-        Self(Arc::new(OwnShardState {
-            current: AtomicU32::new(k),
-            conflicts: AtomicU32::new(0),
-        }))
+        let p = Self::default();
+        p.0.current.store(k, Ordering::Relaxed);
+        p
+    }
+
+    /// Sell every item from shards from its first order, without waiting for a conflict:
+    /// for tests of the shard rules, and for an instance that knows it is one of many.
+    pub fn spreading_every_item(self) -> Self {
+        self.0.spread_all.store(true, Ordering::Relaxed);
+        self
     }
 
     /// The shard preferred now.
-    pub fn get(&self) -> u32 {
+    pub fn shard(&self) -> u32 {
         self.0.current.load(Ordering::Relaxed)
+    }
+
+    /// Whether orders for `item` parsed now take from the own shard.
+    pub fn is_spread(&self, item: &str) -> bool {
+        self.0.spread_all.load(Ordering::Relaxed)
+            || self.0.spread.lock().map_or(true, |set| set.contains(item))
+    }
+
+    /// A commit that wrote `item`'s main document was refused by a precondition: sell it from
+    /// shards from now on. True the first time (the caller logs it).
+    pub fn spread(&self, item: &str) -> bool {
+        if self.0.spread_all.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Ok(mut set) = self.0.spread.lock() else {
+            self.0.spread_all.store(true, Ordering::Relaxed);
+            return true;
+        };
+        if set.len() >= MAX_SPREAD_ITEMS {
+            set.clear();
+            self.0.spread_all.store(true, Ordering::Relaxed);
+            return true;
+        }
+        set.insert(item.to_owned())
     }
 
     /// A commit that wrote to shard `shard` (of `shards`) went through, or was refused by a
@@ -93,28 +140,24 @@ impl OwnShard {
     }
 }
 
-impl PartialEq for OwnShard {
+impl PartialEq for Placement {
     fn eq(&self, other: &Self) -> bool {
-        self.get() == other.get()
+        self.shard() == other.shard()
+            && self.0.spread_all.load(Ordering::Relaxed)
+                == other.0.spread_all.load(Ordering::Relaxed)
     }
 }
 
-impl Eq for OwnShard {}
+impl Eq for Placement {}
 
-impl std::fmt::Debug for OwnShard {
+impl std::fmt::Debug for Placement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "OwnShard({})", self.get())
-    }
-}
-
-impl std::fmt::Display for OwnShard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.get())
+        write!(f, "Placement(shard {})", self.shard())
     }
 }
 
 /// The documents that hold one item's stock. Shard references are made when needed: an
-/// order that its own shard covers names two documents, not K + 1.
+/// order that one document covers names one document, not K + 1.
 #[derive(Clone, Debug)]
 pub struct ItemStock {
     main: DocRef,
@@ -124,6 +167,8 @@ pub struct ItemStock {
     shards: u32,
     /// The preferred shard, in 0..K.
     own: u32,
+    /// Sold from the own shard (the item is contended); otherwise from the main document.
+    spread: bool,
 }
 
 /// What taking `q` units decided.
@@ -146,8 +191,9 @@ pub fn shard_collection(items: &str, item_id: &str) -> String {
 }
 
 impl ItemStock {
-    /// Item `id` in `items`, spread over `shards` shard documents, preferring `own`.
-    pub fn new(items: &str, id: &str, shards: u32, own: u32) -> Self {
+    /// Item `id` in `items`, spread over `shards` shard documents; `own` is the preferred
+    /// shard, used when `spread` (see [`Placement`]).
+    pub fn new(items: &str, id: &str, shards: u32, own: u32, spread: bool) -> Self {
         Self {
             main: DocRef::new(items, id),
             col: if shards == 0 {
@@ -157,12 +203,14 @@ impl ItemStock {
             },
             shards,
             own: if shards == 0 { 0 } else { own % shards },
+            spread: spread && shards > 0,
         }
     }
 
-    /// The shard this item's orders prefer here (its index), `None` without shards.
+    /// The shard this item's orders take from first (its index), `None` when they take from
+    /// the main document.
     pub fn own(&self) -> Option<u32> {
-        (self.shards > 0).then_some(self.own)
+        self.spread.then_some(self.own)
     }
 
     fn shard(&self, k: u32) -> DocRef {
@@ -173,21 +221,27 @@ impl ItemStock {
         self.own().map(|k| self.shard(k))
     }
 
+    /// K, the shard documents the item may have (0: the main document alone).
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
     /// The main document, where the operator writes the stock.
     pub fn main(&self) -> &DocRef {
         &self.main
     }
 
-    /// What an order reads first: the own shard alone (the main document without shards).
-    /// While the own shard covers its lines an order needs nothing else, so the common case
-    /// reads one stock document, as before sharding.
+    /// What an order reads first: the own shard when spread, else the main document. While
+    /// that document covers its lines an order needs nothing else, so the common case reads
+    /// one stock document, as before sharding.
     pub fn reads(&self) -> Vec<DocRef> {
         vec![self.own_doc().unwrap_or_else(|| self.main.clone())]
     }
 
     /// What taking `q` units needs besides [`reads`](Self::reads), given the first read: the
     /// main document when the own shard does not cover `q` (refill, gather, or an unknown
-    /// item), nothing otherwise.
+    /// item), nothing otherwise (a short main document asks for the shards from
+    /// [`take`](Self::take)).
     pub fn reads_after(&self, first: &Snapshot, q: i64) -> Vec<DocRef> {
         match self.own_doc() {
             Some(own) if !matches!(Self::units(first, &own), Ok(Some(n)) if n >= q) => {
@@ -257,31 +311,34 @@ impl ItemStock {
         let Some(main) = Self::units(snapshot, &self.main)? else {
             return Ok(Take::Unknown);
         };
-        let Some(own_doc) = own_doc else {
-            return Ok(if main >= q {
-                Take::Writes(vec![Write::update(
+        match &own_doc {
+            None if main >= q => {
+                return Ok(Take::Writes(vec![Write::update(
                     self.main.clone(),
                     &Stock { stock: main - q },
-                )?])
-            } else {
-                Take::Short { available: main }
-            });
-        };
-        let own = Self::units(snapshot, &own_doc)?.unwrap_or(0);
-        if own.saturating_add(main) >= q {
-            let k = i64::from(self.shards);
-            let chunk = (q - own).max((main + k - 1) / k).min(main);
-            return Ok(Take::Writes(vec![
-                Write::update(
-                    self.main.clone(),
-                    &Stock {
-                        stock: main - chunk,
-                    },
-                )?,
-                Self::write(snapshot, &own_doc, own + chunk - q)?,
-            ]));
+                )?]))
+            }
+            None if self.shards == 0 => return Ok(Take::Short { available: main }),
+            None => {}
+            Some(own_doc) => {
+                let own = Self::units(snapshot, own_doc)?.unwrap_or(0);
+                if own.saturating_add(main) >= q {
+                    let k = i64::from(self.shards);
+                    let chunk = (q - own).max((main + k - 1) / k).min(main);
+                    return Ok(Take::Writes(vec![
+                        Write::update(
+                            self.main.clone(),
+                            &Stock {
+                                stock: main - chunk,
+                            },
+                        )?,
+                        Self::write(snapshot, own_doc, own + chunk - q)?,
+                    ]));
+                }
+            }
         }
-        // Gather: the last units may sit in other instances' shards.
+        // Gather: the last units may sit in shards (other instances' or, once an item is
+        // spread, this one's).
         let Some(total) = self.total(snapshot)? else {
             return Ok(Take::Unknown);
         };
@@ -290,10 +347,11 @@ impl ItemStock {
         }
         let mut left = q;
         let mut writes = Vec::new();
+        let own = own_doc.is_some().then_some(self.own);
         let others = (0..self.shards)
-            .filter(|k| *k != self.own)
+            .filter(|k| Some(*k) != own)
             .map(|k| self.shard(k));
-        let order = [own_doc, self.main.clone()].into_iter().chain(others);
+        let order = own_doc.into_iter().chain([self.main.clone()]).chain(others);
         for doc in order {
             if left == 0 {
                 break;
@@ -344,7 +402,7 @@ mod tests {
 
     #[test]
     fn own_shard_then_refill_from_main() {
-        let it = ItemStock::new("items", "a", 4, 1);
+        let it = ItemStock::new("items", "a", 4, 1, true);
         let own = DocRef::new("items/a/shards", "1");
         assert_eq!(it.reads(), std::slice::from_ref(&own));
         // No shard yet: main is asked for, after the first read or from the fold.
@@ -367,7 +425,7 @@ mod tests {
 
     #[test]
     fn the_last_units_are_gathered_across_shards() {
-        let it = ItemStock::new("items", "a", 3, 0);
+        let it = ItemStock::new("items", "a", 3, 0, true);
         let sh = |k: u32| DocRef::new("items/a/shards", k.to_string());
         let first = snap(vec![(it.main().clone(), n(1)), (sh(0), n(1))]);
         // Own shard + main hold 2, the line needs 4: every shard is asked for.
@@ -396,7 +454,7 @@ mod tests {
 
     #[test]
     fn repeated_conflicts_move_to_another_shard() {
-        let own = OwnShard::new(5);
+        let own = Placement::new(5);
         let shared = own.clone();
         // Shard 5 mod 4 = 1. Two conflicts, a commit that went through, two more: no move.
         for conflict in [true, true, false, true, true] {
@@ -408,14 +466,14 @@ mod tests {
         let to = own.observe(1, 4, true).unwrap();
         assert_ne!(to, 1);
         assert!(to < 4);
-        assert_eq!(shared.get(), to);
+        assert_eq!(shared.shard(), to);
         // Late reports about the shard it left change nothing.
         for _ in 0..MOVE_AFTER_CONFLICTS {
             assert_eq!(own.observe(1, 4, true), None);
         }
-        assert_eq!(own.get(), to);
+        assert_eq!(own.shard(), to);
         // One shard (or none): nowhere to go.
-        let one = OwnShard::new(0);
+        let one = Placement::new(0);
         for _ in 0..10 {
             assert_eq!(one.observe(0, 1, true), None);
         }
@@ -423,7 +481,7 @@ mod tests {
 
     #[test]
     fn without_shards_the_main_document_is_the_stock() {
-        let it = ItemStock::new("items", "a", 0, 5);
+        let it = ItemStock::new("items", "a", 0, 5, true);
         assert_eq!(it.reads(), [it.main().clone()]);
         let mut s = snap(vec![(it.main().clone(), n(2))]);
         let t = it.take(&s, 2).unwrap();
@@ -434,5 +492,61 @@ mod tests {
         ));
         let gone = snap(vec![(it.main().clone(), None)]);
         assert!(matches!(it.take(&gone, 1).unwrap(), Take::Unknown));
+    }
+
+    #[test]
+    fn an_uncontended_item_sells_from_main_and_gathers_shards_only_when_short() {
+        let it = ItemStock::new("items", "a", 3, 1, false);
+        let sh = |k: u32| DocRef::new("items/a/shards", k.to_string());
+        // One document read, one written: the layout before sharding.
+        assert_eq!(it.reads(), [it.main().clone()]);
+        let mut s = snap(vec![(it.main().clone(), n(2))]);
+        assert!(it.reads_after(&s, 5).is_empty());
+        let t = it.take(&s, 2).unwrap();
+        assert_eq!(after(&mut s, t), [it.main().clone()]);
+        // Main is short: the shards (filled by other instances) are asked for, not rejected.
+        match it.take(&s, 3) {
+            Err(OpError::ReadMore { docs }) => assert_eq!(docs, [sh(0), sh(1), sh(2)]),
+            other => panic!("{other:?}"),
+        }
+        let mut s = snap(vec![
+            (it.main().clone(), n(1)),
+            (sh(0), n(1)),
+            (sh(1), None),
+            (sh(2), n(4)),
+        ]);
+        let t = it.take(&s, 3).unwrap();
+        assert_eq!(after(&mut s, t), [it.main().clone(), sh(0), sh(2)]);
+        assert_eq!(it.total(&s).unwrap(), Some(3));
+        assert!(matches!(
+            it.take(&s, 4).unwrap(),
+            Take::Short { available: 3 }
+        ));
+        // An uncontended item never writes a shard while main covers the line.
+        let lots = snap(vec![(it.main().clone(), n(100))]);
+        let Take::Writes(w) = it.take(&lots, 7).unwrap() else {
+            panic!()
+        };
+        assert_eq!(w.iter().map(|w| &w.doc).collect::<Vec<_>>(), [it.main()]);
+    }
+
+    #[test]
+    fn a_conflict_on_main_spreads_that_item_only() {
+        let p = Placement::new(2);
+        let shared = p.clone();
+        assert!(!p.is_spread("hot"));
+        assert!(p.spread("hot"));
+        // Told again (another queued order): already spread, nothing to log.
+        assert!(!p.spread("hot"));
+        assert!(shared.is_spread("hot"));
+        assert!(!shared.is_spread("cold"));
+        // Memory stays bounded: past the cap every item counts as contended.
+        for i in 0..MAX_SPREAD_ITEMS {
+            p.spread(&format!("i{i}"));
+        }
+        assert!(p.is_spread("never-seen"));
+        let all = Placement::new(0).spreading_every_item();
+        assert!(all.is_spread("anything"));
+        assert!(!all.spread("anything"));
     }
 }

@@ -1,13 +1,14 @@
 //! Scale-out (issue 12): optimistic commits and sharded stock, in-process. Each new path of
 //! the guard has a test here that fails if it breaks: a conflict retried on fresh reads, a
-//! status document that appeared meanwhile (replayed), the last units gathered across
-//! shards, and a hot item sold through several instances under a redelivery storm.
+//! status document that appeared meanwhile (replayed), an item spread over shards only once
+//! another writer contends it, the last units gathered across shards, and a hot item sold
+//! through several instances under a redelivery storm.
 
 use crate::helpers::*;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use firestore_once::config::Collections;
 use firestore_once::shop::invariants::{self, StockMap};
-use firestore_once::shop::stock::OwnShard;
+use firestore_once::shop::stock::Placement;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -104,7 +105,7 @@ async fn a_status_document_that_appeared_meanwhile_is_replayed() {
     let project = project();
     let a = spawn_app_with(project.clone(), |_| {}).await;
     let b = spawn_app_with(project.clone(), |c| {
-        c.collections.own_shard = OwnShard::new(1)
+        c.collections.placement = Placement::new(1)
     })
     .await;
     a.seed("apple", 10).await;
@@ -126,12 +127,51 @@ async fn a_status_document_that_appeared_meanwhile_is_replayed() {
 }
 
 #[tokio::test]
+async fn an_item_moves_to_shards_only_once_another_writer_contends_it() {
+    let app = spawn_app_with(project(), |c| {
+        c.collections.stock_shards = 4;
+        c.collections.placement = Placement::new(2);
+    })
+    .await;
+    app.seed("hot", 100).await;
+    app.seed("cold", 100).await;
+    // Alone, an instance sells from the main document: no shard is ever written.
+    for i in 0..10 {
+        assert_eq!(order(&app, &format!("a{i}"), 1).await.0, 200);
+    }
+    assert_eq!(layout(&app, "hot").await, (90, vec![]));
+    // Another writer changes the main document between this instance's read and commit:
+    // the commit is refused, retried on fresh reads, and the item counts as contended.
+    let (http, rest) = (app.http.clone(), app.rest.clone());
+    app.guard.before_next_commit(Box::new(move || {
+        Box::pin(async move { write_stock(&http, &rest, "hot", 80).await })
+    }));
+    assert_eq!(order(&app, "b0", 1).await.0, 200);
+    assert_eq!(layout(&app, "hot").await, (79, vec![]));
+    // From the next order on, the item sells from this instance's shard (2): a refill of
+    // ceil(79 / 4) = 20 units, then the shard alone.
+    for i in 1..4 {
+        assert_eq!(order(&app, &format!("b{i}"), 1).await.0, 200);
+    }
+    assert_eq!(layout(&app, "hot").await, (59, vec![17]));
+    let shard = app.doc("items/hot/shards", "2").await;
+    assert!(shard.is_some(), "the refill went to shard 2");
+    // Another item, never contended, still has no shard.
+    let r = app
+        .order(&json!({"order_id": "c0", "item_id": "cold", "quantity": 1}))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(layout(&app, "cold").await, (99, vec![]));
+}
+
+#[tokio::test]
 async fn the_last_units_are_gathered_across_shards() {
     let project = project();
     let shards = |own| {
         move |c: &mut firestore_once::config::Config| {
             c.collections.stock_shards = 4;
-            c.collections.own_shard = OwnShard::new(own);
+            // Both already met the item contended: the shard rules from the first order.
+            c.collections.placement = Placement::new(own).spreading_every_item();
         }
     };
     let a = spawn_app_with(project.clone(), shards(0)).await;
@@ -178,8 +218,10 @@ async fn a_hot_item_sold_through_three_instances_under_a_storm_sells_exactly_its
     for own in 0..3 {
         apps.push(
             spawn_app_with(project.clone(), move |c| {
+                // Every item starts on its main document; the instances spread it
+                // themselves once their commits collide there.
                 c.collections.stock_shards = 4;
-                c.collections.own_shard = OwnShard::new(own);
+                c.collections.placement = Placement::new(own);
             })
             .await,
         );
@@ -232,6 +274,10 @@ async fn a_hot_item_sold_through_three_instances_under_a_storm_sells_exactly_its
     );
     let (main, shards) = layout(&apps[0], "hot").await;
     assert_eq!(main + shards.iter().sum::<i64>(), 0);
+    assert!(
+        !shards.is_empty(),
+        "colliding instances spread the item over shards"
+    );
     assert!(main >= 0 && shards.iter().all(|s| *s >= 0));
     let report = verify(&project, &[("hot".to_string(), stock)].into()).await;
     assert!(report.ok(), "{report}");
