@@ -16,11 +16,12 @@
 //! filters route and reason in process, so no composite index is needed.
 
 use crate::delivery::pubsub;
+use crate::engine::{DocRef, Write};
+use crate::guard::fold::{Guarded, Precondition};
 use crate::http::dead_letter::{DeadLetter, RedriveState};
 use crate::http::handle::{redeliver, Redelivery};
 use crate::AppState;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use firestore::gcloud_sdk::google::firestore::v1 as pb;
 use firestore::{FirestoreDb, FirestoreDocument, FirestoreInstant};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -302,45 +303,23 @@ async fn write_state(
     struct Patch<'a> {
         redrive: &'a RedriveState,
     }
-    let db = st.guard.db();
-    let fields = FirestoreDb::serialize_to_doc(name, &Patch { redrive: state })
-        .map_err(|e| e.to_string())?
-        .fields;
-    let write = pb::Write {
-        operation: Some(pb::write::Operation::Update(pb::Document {
-            name: name.to_string(),
-            fields,
-            ..Default::default()
-        })),
-        update_mask: Some(pb::DocumentMask {
-            field_paths: vec!["redrive".into()],
-        }),
-        current_document: Some(pb::Precondition {
-            condition_type: Some(match version {
-                Some(t) => pb::precondition::ConditionType::UpdateTime(t),
-                None => pb::precondition::ConditionType::Exists(true),
-            }),
-        }),
-        ..Default::default()
-    };
-    let commit = pb::CommitRequest {
-        database: db.get_database_path().clone(),
-        writes: vec![write],
-        ..Default::default()
-    };
-    let mut client = db.client().get();
-    match tokio::time::timeout(st.config.firestore_timeout, client.commit(commit)).await {
-        Ok(Ok(r)) => Ok(r
-            .into_inner()
-            .write_results
-            .into_iter()
-            .next()
-            .and_then(|w| w.update_time)),
-        Ok(Err(s)) if s.code() == firestore::gcloud_sdk::tonic::Code::FailedPrecondition => {
-            Ok(None)
-        }
-        Ok(Err(s)) => Err(format!("commit: {:?} {}", s.code(), s.message())),
-        Err(_) => Err("commit: no answer in time".into()),
+    let id = name.rsplit('/').next().unwrap_or_default();
+    let doc = DocRef::new(&st.config.collections.dead_letters, id);
+    // An update of the one field, so the stored body and headers are never rewritten.
+    let write = Write::update(doc, &Patch { redrive: state }).map_err(|e| e.to_string())?;
+    let precondition = version.map_or(Precondition::Exists(true), Precondition::UpdateTime);
+    match st
+        .guard
+        .driver()
+        .commit(vec![Guarded::Write {
+            write,
+            precondition,
+        }])
+        .await
+    {
+        Ok(times) => Ok(times.into_iter().next().flatten()),
+        Err(e) if e.is_conflict() => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
 }
 

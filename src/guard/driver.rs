@@ -10,6 +10,7 @@
 use super::fold::{Guarded, Precondition, Version};
 use crate::engine::{DocRef, Fields, WriteKind};
 use firestore::gcloud_sdk::google::firestore::v1 as pb;
+use firestore::gcloud_sdk::prost_types::Timestamp;
 use firestore::gcloud_sdk::tonic::Code;
 use firestore::FirestoreDb;
 use std::collections::HashMap;
@@ -134,15 +135,25 @@ impl Driver {
     }
 
     /// One non-transactional, atomic commit of `writes`: all or nothing, every precondition
-    /// checked at commit time.
-    pub async fn commit(&self, writes: Vec<Guarded>) -> Result<(), DriverError> {
+    /// checked at commit time. Answers each write's new `update_time`, in order, for a caller
+    /// that will write the same document again with a precondition.
+    pub async fn commit(
+        &self,
+        writes: Vec<Guarded>,
+    ) -> Result<Vec<Option<Timestamp>>, DriverError> {
         let commit = pb::CommitRequest {
             database: self.db.get_database_path().clone(),
             writes: writes.into_iter().map(|w| self.to_pb(w)).collect(),
             ..Default::default()
         };
         let mut client = self.db.client().get();
-        self.call("commit", client.commit(commit)).await.map(|_| ())
+        let answer = self.call("commit", client.commit(commit)).await?;
+        Ok(answer
+            .into_inner()
+            .write_results
+            .into_iter()
+            .map(|w| w.update_time)
+            .collect())
     }
 
     fn to_pb(&self, w: Guarded) -> pb::Write {

@@ -183,6 +183,12 @@ impl Guard {
         self.inner.driver.db()
     }
 
+    /// The Firestore calls the guard makes, for the few writes outside an operation that
+    /// need the same preconditions and error codes (the redrive's claim on a dead letter).
+    pub fn driver(&self) -> &Driver {
+        &self.inner.driver
+    }
+
     /// The guard's configuration.
     pub fn config(&self) -> &GuardConfig {
         &self.inner.cfg
@@ -486,7 +492,7 @@ impl Inner {
             p.op.committed(conflict);
         }
         match committed {
-            Ok(()) => Ok(folded.replies),
+            Ok(_) => Ok(folded.replies),
             Err(e) if e.is_conflict() => Err(Attempt::Conflict(e)),
             Err(e) => {
                 // No answer, or a refusal that is not a conflict: the commit may or may not
@@ -531,7 +537,7 @@ impl Inner {
                     }
                     let guarded = fold::guard(writes, &versions, |_| true);
                     match self.driver.commit(guarded).await {
-                        Ok(()) => return Ok(r),
+                        Ok(_) => return Ok(r),
                         Err(e) if e.is_conflict() => (e, true),
                         Err(e) => return Err(e.into()),
                     }
@@ -584,7 +590,7 @@ impl Guard {
             precondition: fold::Precondition::Exists(false),
         };
         match self.inner.driver.commit(vec![write]).await {
-            Ok(()) => Ok(true),
+            Ok(_) => Ok(true),
             Err(e) if matches!(e.code, Some(Code::AlreadyExists | Code::FailedPrecondition)) => {
                 Ok(false)
             }
