@@ -521,7 +521,9 @@ fn row_line(r: &Row) -> String {
         r.failed,
         r.cpu_ms_per_order.map_or("-".into(), |c| format!("{c:.3} ms/order")),
         r.peak_rss_mb.map_or("-".into(), |m| format!("{m:.1} MB")),
-    )
+    ) + &r
+        .emulator_cpu_ms_per_order
+        .map_or(String::new(), |c| format!("  emulator {c:.3} ms/order"))
 }
 
 struct Env {
@@ -1520,9 +1522,9 @@ fn render(machine: &str, args: &Args, startup_ms: f64, rows: &[Row]) -> String {
     );
     let _ = writeln!(
         s,
-        "| scenario | clients | instances | runner | orders | orders/s | p50 ms | p99 ms | failed/5xx | CPU ms/order | peak RSS MB |"
+        "| scenario | clients | instances | runner | orders | orders/s | p50 ms | p99 ms | failed/5xx | CPU ms/order | peak RSS MB | emulator CPU ms/order |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let title = scenarios(false, true, false)
             .into_iter()
@@ -1530,7 +1532,7 @@ fn render(machine: &str, args: &Args, startup_ms: f64, rows: &[Row]) -> String {
             .map_or("", |x| x.title);
         let _ = writeln!(
             s,
-            "| {} {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {} |",
+            "| {} {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} |",
             r.scenario,
             title,
             r.clients,
@@ -1547,6 +1549,8 @@ fn render(machine: &str, args: &Args, startup_ms: f64, rows: &[Row]) -> String {
             },
             r.cpu_ms_per_order.map_or("-".into(), |c| format!("{c:.3}")),
             r.peak_rss_mb.map_or("-".into(), |m| format!("{m:.1}")),
+            r.emulator_cpu_ms_per_order
+                .map_or("-".into(), |c| format!("{c:.3}")),
         );
     }
     if args.smoke {
