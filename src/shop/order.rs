@@ -39,8 +39,8 @@ pub struct Order {
     /// Sorted by `item_id`, so line order in the request does not change the fingerprint.
     lines: Vec<Line>,
     orders: String,
-    /// Where each line's stock is taken from, fixed when the order was parsed (its reads and
-    /// lane must not change under it); aligned with `lines`.
+    /// Where each line's stock is taken from (main document or own shard, asked at each
+    /// attempt); aligned with `lines`.
     stocks: Vec<ItemStock>,
     /// The instance's placement, told how this order's commits went (see [`Placement`]).
     placement: Placement,
@@ -372,11 +372,9 @@ impl Operation for Order {
     }
 }
 
-/// Where an order line for `item_id` takes its stock, as this instance places it now.
+/// Where an order line for `item_id` takes its stock, as this instance places it.
 fn stock_of(c: &Collections, item_id: &str) -> ItemStock {
-    let shards = c.stock_shards;
-    let spread = shards > 0 && c.placement.is_spread(item_id);
-    ItemStock::new(&c.items, item_id, shards, c.placement.shard(), spread)
+    ItemStock::new(&c.items, item_id, c.stock_shards, Some(&c.placement))
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ impl Restock {
     }
 
     fn stock(&self) -> ItemStock {
-        ItemStock::new(&self.items, &self.item_id, self.shards, 0, false)
+        ItemStock::new(&self.items, &self.item_id, self.shards, None)
     }
 }
 

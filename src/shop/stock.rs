@@ -167,8 +167,10 @@ pub struct ItemStock {
     shards: u32,
     /// The preferred shard, in 0..K.
     own: u32,
-    /// Sold from the own shard (the item is contended); otherwise from the main document.
-    spread: bool,
+    /// Whether the item is sold from the own shard (contended) or from the main document,
+    /// asked at each call: an order queued before the item was found contended retries on
+    /// the shard. `None`: always the main document (restock reads every document anyway).
+    placement: Option<Placement>,
 }
 
 /// What taking `q` units decided.
@@ -191,9 +193,10 @@ pub fn shard_collection(items: &str, item_id: &str) -> String {
 }
 
 impl ItemStock {
-    /// Item `id` in `items`, spread over `shards` shard documents; `own` is the preferred
-    /// shard, used when `spread` (see [`Placement`]).
-    pub fn new(items: &str, id: &str, shards: u32, own: u32, spread: bool) -> Self {
+    /// Item `id` in `items`, spread over `shards` shard documents, placed by `placement`
+    /// (its shard now is this item's own shard; see [`Placement`]).
+    pub fn new(items: &str, id: &str, shards: u32, placement: Option<&Placement>) -> Self {
+        let own = placement.map_or(0, Placement::shard);
         Self {
             main: DocRef::new(items, id),
             col: if shards == 0 {
@@ -203,14 +206,18 @@ impl ItemStock {
             },
             shards,
             own: if shards == 0 { 0 } else { own % shards },
-            spread: spread && shards > 0,
+            placement: placement.filter(|_| shards > 0).cloned(),
         }
     }
 
     /// The shard this item's orders take from first (its index), `None` when they take from
     /// the main document.
     pub fn own(&self) -> Option<u32> {
-        self.spread.then_some(self.own)
+        let spread = self
+            .placement
+            .as_ref()
+            .is_some_and(|p| p.is_spread(&self.main.id));
+        spread.then_some(self.own)
     }
 
     fn shard(&self, k: u32) -> DocRef {
@@ -301,6 +308,8 @@ impl ItemStock {
     pub fn take(&self, snapshot: &Snapshot, q: i64) -> Result<Take, OpError> {
         let own_doc = self.own_doc();
         if let Some(own_doc) = &own_doc {
+            // Found contended since this attempt's first read: the shard is read first.
+            snapshot.require(std::slice::from_ref(own_doc))?;
             let own = Self::units(snapshot, own_doc)?.unwrap_or(0);
             if own >= q {
                 return Ok(Take::Writes(vec![Self::write(snapshot, own_doc, own - q)?]));
@@ -402,7 +411,12 @@ mod tests {
 
     #[test]
     fn own_shard_then_refill_from_main() {
-        let it = ItemStock::new("items", "a", 4, 1, true);
+        let it = ItemStock::new(
+            "items",
+            "a",
+            4,
+            Some(&Placement::new(1).spreading_every_item()),
+        );
         let own = DocRef::new("items/a/shards", "1");
         assert_eq!(it.reads(), std::slice::from_ref(&own));
         // No shard yet: main is asked for, after the first read or from the fold.
@@ -425,7 +439,12 @@ mod tests {
 
     #[test]
     fn the_last_units_are_gathered_across_shards() {
-        let it = ItemStock::new("items", "a", 3, 0, true);
+        let it = ItemStock::new(
+            "items",
+            "a",
+            3,
+            Some(&Placement::new(0).spreading_every_item()),
+        );
         let sh = |k: u32| DocRef::new("items/a/shards", k.to_string());
         let first = snap(vec![(it.main().clone(), n(1)), (sh(0), n(1))]);
         // Own shard + main hold 2, the line needs 4: every shard is asked for.
@@ -481,7 +500,12 @@ mod tests {
 
     #[test]
     fn without_shards_the_main_document_is_the_stock() {
-        let it = ItemStock::new("items", "a", 0, 5, true);
+        let it = ItemStock::new(
+            "items",
+            "a",
+            0,
+            Some(&Placement::new(5).spreading_every_item()),
+        );
         assert_eq!(it.reads(), [it.main().clone()]);
         let mut s = snap(vec![(it.main().clone(), n(2))]);
         let t = it.take(&s, 2).unwrap();
@@ -496,7 +520,8 @@ mod tests {
 
     #[test]
     fn an_uncontended_item_sells_from_main_and_gathers_shards_only_when_short() {
-        let it = ItemStock::new("items", "a", 3, 1, false);
+        let placement = Placement::new(1);
+        let it = ItemStock::new("items", "a", 3, Some(&placement));
         let sh = |k: u32| DocRef::new("items/a/shards", k.to_string());
         // One document read, one written: the layout before sharding.
         assert_eq!(it.reads(), [it.main().clone()]);
@@ -528,6 +553,14 @@ mod tests {
             panic!()
         };
         assert_eq!(w.iter().map(|w| &w.doc).collect::<Vec<_>>(), [it.main()]);
+        // Found contended (by another order's conflict) mid-attempt: the same line now asks
+        // for its own shard before deciding, and its next attempt reads the shard first.
+        assert!(placement.spread("a"));
+        match it.take(&lots, 7) {
+            Err(OpError::ReadMore { docs }) => assert_eq!(docs, [sh(1)]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(it.reads(), [sh(1)]);
     }
 
     #[test]

@@ -1524,7 +1524,10 @@ fn render(machine: &str, args: &Args, startup_ms: f64, rows: &[Row]) -> String {
         s,
         "| scenario | clients | instances | runner | orders | orders/s | p50 ms | p99 ms | failed/5xx | CPU ms/order | peak RSS MB | emulator CPU ms/order |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in rows {
         let title = scenarios(false, true, false)
             .into_iter()
