@@ -22,6 +22,8 @@
 //! `ONCE_TEST_EMULATOR_HOST=host:port` reuses a
 //! running emulator; an inherited `FIRESTORE_EMULATOR_HOST` is ignored (a gcloud shell leaves
 //! it set, and a bench must not load someone's emulator by accident).
+//! `BENCH_SERVICE_LOGS=DIR` keeps every service process's JSON log as
+//! `DIR/{project}-{port}.log`, to read why an order failed.
 //!
 //! `--smoke` (CI, on the debug build) checks correctness only: zero failed service orders and
 //! clean invariants after every scenario. The speed targets are for the release build's full
@@ -990,6 +992,14 @@ impl Env {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        // `BENCH_SERVICE_LOGS=DIR`: keep each service's JSON log as DIR/{project}-{port}.log,
+        // to read why an order failed.
+        if let Some(dir) = std::env::var_os("BENCH_SERVICE_LOGS") {
+            let path = PathBuf::from(dir).join(format!("{project}-{port}.log"));
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            cmd.stdout(file.try_clone()?).stderr(file);
+        }
         for (k, v) in &self.service_env {
             cmd.env(k, v);
         }
