@@ -101,7 +101,11 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `ONCE_FIRESTORE_TIMEOUT_MS`: the budget of each Firestore call.
     pub firestore_timeout: Duration,
-    /// `ONCE_MAX_ATTEMPTS`: transaction attempts before answering 503.
+    /// `ONCE_MAX_ATTEMPTS`: commit attempts on conflicts or failed reads before answering
+    /// 503. Eight: an instance whose refill of its shard meets another instance still
+    /// selling the item from its main document wins a commit within a few attempts (then
+    /// the other one meets the conflict and moves to its own shard); with five, one batch
+    /// in several N-instance bench runs gave up at startup.
     pub max_attempts: u32,
     /// `ONCE_BATCH_MAX`: most operations folded into one transaction (group commit).
     pub batch_max: usize,
@@ -133,6 +137,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `ONCE_INSTANCE_ID`: this process's name for its stock shard (random when unset).
     pub instance_id: String,
+    /// `ONCE_COMMIT_FROM_KNOWN`: `on` (default) lets a batch whose documents this instance
+    /// wrote last commit without reading them first (`guard::known`); `off` reads before
+    /// every commit, the behaviour before it (for comparison, and the lost-read fault test).
+    pub commit_from_known: bool,
 }
 
 /// Most stock shards per item: a gather reads all of them in one call and verifies them in
@@ -149,7 +157,7 @@ impl Default for Config {
             retention: Duration::from_secs(35 * 24 * 3600),
             request_timeout: Duration::from_secs(8),
             firestore_timeout: Duration::from_secs(3),
-            max_attempts: 5,
+            max_attempts: 8,
             batch_max: 16,
             worker_threads: 1,
             replay_cache_bytes: 4 * 1024 * 1024,
@@ -160,6 +168,7 @@ impl Default for Config {
             metrics: true,
             shutdown_grace: Duration::from_millis(9000),
             instance_id: "0".into(),
+            commit_from_known: true,
         }
     }
 }
@@ -282,6 +291,13 @@ impl Config {
                 n => n,
             },
             log_format,
+            commit_from_known: match get("ONCE_COMMIT_FROM_KNOWN").as_deref().map(str::trim) {
+                None | Some("on") | Some("true") | Some("1") => true,
+                Some("off") | Some("false") | Some("0") => false,
+                Some(other) => {
+                    bail!("ONCE_COMMIT_FROM_KNOWN={other:?} is not valid: use on or off")
+                }
+            },
             metrics: match get("ONCE_METRICS").as_deref().map(str::trim) {
                 None | Some("on") | Some("true") | Some("1") => true,
                 Some("off") | Some("false") | Some("0") => false,

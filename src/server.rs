@@ -18,6 +18,7 @@ impl From<&Config> for GuardConfig {
             call_timeout: c.firestore_timeout,
             batch_max: c.batch_max,
             replay_cache_bytes: c.replay_cache_bytes,
+            commit_from_known: c.commit_from_known,
         }
     }
 }

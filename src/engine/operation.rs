@@ -326,4 +326,13 @@ pub trait Operation: Send + Sync + 'static {
     /// reads). An order uses it to leave a stock shard another instance also prefers; most
     /// operations ignore it.
     fn committed(&self, _conflict: bool) {}
+    /// Writes that tell other writers this instance is being refused: committed alone,
+    /// best effort, after a batch's commits were refused twice in a row (and again later).
+    /// Optimistic commits have no fairness: an instance that commits from what it knows
+    /// (`guard::known`) never meets the conflict it causes, so a refused one changes a
+    /// document the other's next commit depends on. An order marks the main document of
+    /// each item it sells from a shard; most operations need none.
+    fn contention_marks(&self) -> Vec<Write> {
+        Vec::new()
+    }
 }

@@ -121,6 +121,8 @@ pub struct Folded {
     /// Documents some operation needs before it can decide (see [`OpError::ReadMore`]):
     /// when not empty, the fold is void; read these too and fold again.
     pub more_reads: Vec<DocRef>,
+    /// The documents as the commit leaves them (what was read, with every write applied).
+    pub snapshot: Snapshot,
 }
 
 /// Split what was read into the documents (for a [`Snapshot`]) and their versions.
@@ -254,6 +256,7 @@ pub fn fold(
         needs_commit,
         writes,
         more_reads,
+        snapshot,
     }
 }
 

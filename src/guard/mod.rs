@@ -21,6 +21,7 @@
 pub mod cache;
 pub mod driver;
 pub mod fold;
+mod known;
 pub mod lease;
 pub mod workflow;
 
@@ -53,6 +54,9 @@ pub struct GuardConfig {
     pub batch_max: usize,
     /// Byte budget of the in-process cache of completed outcomes (see [`cache`]); 0 disables it.
     pub replay_cache_bytes: u64,
+    /// Commit from what this instance's own commits left, without reading, where that is
+    /// safe (see [`known`]).
+    pub commit_from_known: bool,
 }
 
 /// Why the guard could not produce an [`Outcome`].
@@ -148,6 +152,7 @@ struct Inner {
     lanes: Mutex<HashMap<Vec<DocRef>, VecDeque<Pending>>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     cache: cache::ReplayCache,
+    known: known::Known,
     metrics: Arc<Metrics>,
 }
 
@@ -170,6 +175,7 @@ impl Guard {
                 driver: Driver::new(db, cfg.call_timeout),
                 before_commit: Mutex::new(None),
                 cache: cache::ReplayCache::new(cfg.replay_cache_bytes),
+                known: known::Known::default(),
                 metrics: Arc::new(Metrics::new()),
                 cfg,
                 lanes: Mutex::new(HashMap::new()),
@@ -375,6 +381,7 @@ impl Inner {
         let mut extra: Vec<DocRef> = Vec::new();
         let mut attempt = 0;
         let mut rounds = 0;
+        let mut conflicts = 0;
         loop {
             let last = match self.attempt(batch, &mut extra).await {
                 Ok(replies) => return replies,
@@ -385,6 +392,7 @@ impl Inner {
                 Err(Attempt::ReadMore) => None,
                 Err(Attempt::Conflict(e)) => {
                     self.metrics.retry(true);
+                    conflicts += 1;
                     Some(e)
                 }
                 Err(Attempt::Failed(e)) => {
@@ -402,8 +410,38 @@ impl Inner {
                 tracing::warn!(attempts = attempt, error = %e, "batch gave up");
                 return batch.iter().map(|_| Err(e.clone())).collect();
             }
+            if matches!(&last, Some(e) if e.is_conflict()) && matches!(conflicts, 2 | 5) {
+                self.mark_contention(batch).await;
+            }
             tracing::debug!(attempt, error = ?last.map(|e| e.to_string()), "batch retried on fresh reads");
             tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+
+    /// Commit the batch's [`Operation::contention_marks`] alone (each must exist; nothing else
+    /// is checked, they change no business value), so a writer that never reads meets a
+    /// conflict and yields. Best effort: a failure is only logged.
+    async fn mark_contention(&self, batch: &[Pending]) {
+        let mut seen = HashSet::new();
+        let marks: Vec<fold::Guarded> = batch
+            .iter()
+            .flat_map(|p| p.op.contention_marks())
+            .filter(|w| seen.insert(w.doc.clone()))
+            .map(|write| fold::Guarded::Write {
+                write,
+                precondition: fold::Precondition::Exists(true),
+            })
+            .collect();
+        if marks.is_empty() {
+            return;
+        }
+        self.known.forget(marks.iter().map(|w| w.doc()));
+        let docs: Vec<String> = marks.iter().map(|w| w.doc().id.clone()).collect();
+        match self.driver.commit(marks).await {
+            Ok(_) => {
+                tracing::info!(docs = ?docs, outcome = "contention_marked", "refused repeatedly: marked the contended documents")
+            }
+            Err(e) => tracing::debug!(error = %e, "contention mark not written"),
         }
     }
 
@@ -450,12 +488,94 @@ impl Inner {
             }
         }
         docs.extend(extra.iter().filter(|d| seen.insert((*d).clone())).cloned());
+        if extra.is_empty() && self.cfg.commit_from_known {
+            if let Some(done) = self.attempt_known(batch, &docs).await {
+                return done;
+            }
+        }
         let now = FirestoreInstant::now();
         let (snapshot, versions) = self
             .read_all(docs, now, |snap| {
                 batch.iter().flat_map(|p| p.op.reads_after(snap)).collect()
             })
             .await?;
+        let folded = self.fold(batch, snapshot, &versions, now);
+        if !folded.more_reads.is_empty() {
+            extra.extend(folded.more_reads);
+            return Err(Attempt::ReadMore);
+        }
+        if folded.writes.is_empty() {
+            return Ok(folded.replies);
+        }
+        self.commit(batch, folded, &versions, false).await
+    }
+
+    /// The batch committed straight from what this instance's own commits left
+    /// ([`known`]), without reading: only when every document it would read is known, the
+    /// fold needs nothing more, every operation commits, and every document the fold used
+    /// carries a precondition in the commit (so the commit succeeds only if the record was
+    /// still true: the same as a fresh read). `None`: not applicable, or refused (nothing
+    /// written, the record of those documents forgotten); the caller reads as usual.
+    async fn attempt_known(
+        &self,
+        batch: &[Pending],
+        docs: &[DocRef],
+    ) -> Option<Result<Vec<Reply>, Attempt>> {
+        let status: HashSet<DocRef> = batch
+            .iter()
+            .map(|p| self.status_ref(&p.operation_id))
+            .collect();
+        let business: Vec<DocRef> = docs
+            .iter()
+            .filter(|d| !status.contains(*d))
+            .cloned()
+            .collect();
+        let mut known = self.known.get_all(&business)?;
+        // New operations: their status documents are taken as missing, which the commit's
+        // `exists: false` checks.
+        known.extend(
+            status
+                .into_iter()
+                .map(|d| (d, (None, fold::Version::Missing))),
+        );
+        let now = FirestoreInstant::now();
+        let versions: fold::Versions = known
+            .iter()
+            .map(|(d, (_, v))| (d.clone(), v.clone()))
+            .collect();
+        let snapshot = Snapshot::from_docs(now, known.into_iter().map(|(d, (f, _))| (d, f)));
+        let after: Vec<DocRef> = batch
+            .iter()
+            .flat_map(|p| p.op.reads_after(&snapshot))
+            .collect();
+        if after.iter().any(|d| !versions.contains_key(d)) {
+            return None;
+        }
+        let folded = self.fold(batch, snapshot, &versions, now);
+        let guarded: HashSet<&DocRef> = folded.writes.iter().map(|w| w.doc()).collect();
+        let usable = folded.more_reads.is_empty()
+            && !folded.writes.is_empty()
+            && folded.needs_commit.iter().all(|n| *n)
+            && versions.keys().all(|d| guarded.contains(d));
+        if !usable {
+            return None;
+        }
+        match self.commit(batch, folded, &versions, true).await {
+            Err(Attempt::Conflict(e)) => {
+                tracing::debug!(error = %e, "commit from known versions refused; reading");
+                None
+            }
+            done => Some(done),
+        }
+    }
+
+    fn fold(
+        &self,
+        batch: &[Pending],
+        snapshot: Snapshot,
+        versions: &fold::Versions,
+        now: FirestoreInstant,
+    ) -> fold::Folded {
         let entries: Vec<fold::Entry<'_>> = batch
             .iter()
             .map(|p| fold::Entry {
@@ -464,37 +584,91 @@ impl Inner {
                 delivery: &p.delivery,
             })
             .collect();
-        let folded = fold::fold(
+        fold::fold(
             &entries,
             snapshot,
-            &versions,
+            versions,
             &fold::FoldCtx {
                 operations: &self.cfg.operations,
                 retention: self.cfg.retention,
                 now,
             },
-        );
-        if !folded.more_reads.is_empty() {
-            extra.extend(folded.more_reads);
-            return Err(Attempt::ReadMore);
-        }
-        if folded.writes.is_empty() {
-            return Ok(folded.replies);
-        }
+        )
+    }
+
+    /// Commit a fold's writes and turn the answer into replies; records what the commit
+    /// left in [`known`] (or forgets it when the commit failed or its outcome is unknown).
+    /// `from_known`: the fold used the record, not a read. Only documents the fold read
+    /// (`read`) are recorded: the next batch reads those again; a document only created
+    /// (an order) is not.
+    async fn commit(
+        &self,
+        batch: &[Pending],
+        folded: fold::Folded,
+        read: &fold::Versions,
+        from_known: bool,
+    ) -> Result<Vec<Reply>, Attempt> {
         let hook = lock(&self.before_commit).take();
         if let Some(hook) = hook {
             hook().await;
         }
+        // Business documents written, with their place in the commit (its write results
+        // come in the same order).
+        let written: Vec<(usize, DocRef)> = folded
+            .writes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| match w {
+                fold::Guarded::Write { write, .. }
+                    if write.doc.collection != self.cfg.operations
+                        && read.contains_key(&write.doc) =>
+                {
+                    Some((i, write.doc.clone()))
+                }
+                _ => None,
+            })
+            .collect();
         let committed = self.driver.commit(folded.writes).await;
-        let conflict = matches!(&committed, Err(e) if e.is_conflict());
+        // A commit from the record refused only because a status document exists (a
+        // redelivery decided elsewhere) says nothing about contention on the item.
+        let contended = match &committed {
+            Err(e) if from_known => e.is_conflict() && e.code != Some(Code::AlreadyExists),
+            Err(e) => e.is_conflict(),
+            Ok(_) => false,
+        };
         // Once per commit: every operation of a lane read the same documents.
         if let Some((p, _)) = batch.iter().zip(&folded.needs_commit).find(|(_, n)| **n) {
-            p.op.committed(conflict);
+            p.op.committed(contended);
         }
+        let docs = || written.iter().map(|(_, d)| d);
         match committed {
-            Ok(_) => Ok(folded.replies),
-            Err(e) if e.is_conflict() => Err(Attempt::Conflict(e)),
+            Ok(times) => {
+                let snapshot = &folded.snapshot;
+                let now: Vec<(DocRef, known::KnownDoc)> = written
+                    .iter()
+                    .filter_map(|(i, d)| {
+                        let at = times.get(*i).cloned().flatten()?;
+                        let fields = snapshot.fields(d).ok().flatten().cloned();
+                        let version = match fields {
+                            Some(_) => fold::Version::At(at),
+                            None => fold::Version::Missing,
+                        };
+                        Some((d.clone(), (fields, version)))
+                    })
+                    .collect();
+                if now.len() == written.len() {
+                    self.known.record(now);
+                } else {
+                    self.known.forget(docs());
+                }
+                Ok(folded.replies)
+            }
+            Err(e) if e.is_conflict() => {
+                self.known.forget(docs());
+                Err(Attempt::Conflict(e))
+            }
             Err(e) => {
+                self.known.forget(docs());
                 // No answer, or a refusal that is not a conflict: the commit may or may not
                 // have been applied. Answer "unknown" for everything that depended on it; the
                 // redelivery reads the status document.
@@ -536,6 +710,9 @@ impl Inner {
                         return Ok(r);
                     }
                     let guarded = fold::guard(writes, &versions, |_| true);
+                    // Whatever happens, these documents changed (or may have) outside the
+                    // batch path's record.
+                    self.known.forget(guarded.iter().map(|w| w.doc()));
                     match self.driver.commit(guarded).await {
                         Ok(_) => return Ok(r),
                         Err(e) if e.is_conflict() => (e, true),

@@ -336,6 +336,30 @@ impl Operation for Order {
         Ok(Decision::Apply { writes, result })
     }
 
+    fn contention_marks(&self) -> Vec<Write> {
+        // A field of the service's own beside `stock` (the stock itself is untouched), with a
+        // new value each time so the write always changes the document's version.
+        #[derive(Serialize)]
+        struct Mark {
+            stock_contended_at_ms: u64,
+        }
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.lines_with_stock()
+            .filter(|(_, stock)| stock.own().is_some())
+            .filter_map(|(_, stock)| {
+                Write::update(
+                    stock.main().clone(),
+                    &Mark {
+                        stock_contended_at_ms: at,
+                    },
+                )
+                .ok()
+            })
+            .collect()
+    }
+
     fn committed(&self, conflict: bool) {
         let mut shard = None;
         for (line, stock) in self.lines_with_stock() {

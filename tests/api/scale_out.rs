@@ -165,6 +165,76 @@ async fn an_item_moves_to_shards_only_once_another_writer_contends_it() {
 }
 
 #[tokio::test]
+async fn an_order_committed_from_known_versions_skips_the_read_and_a_stale_one_is_read_again() {
+    // One instance alone: after its first order it knows the main document's version and
+    // commits without reading; a change by someone else makes that commit fail its
+    // precondition, and the order is read and decided again on the fresh stock.
+    let app = spawn_app_with(project(), |c| c.collections.stock_shards = 0).await;
+    app.seed("hot", 10).await;
+    for i in 0..3 {
+        assert_eq!(order(&app, &format!("k{i}"), 1).await.0, 200);
+    }
+    write_stock(&app.http, &app.rest, "hot", 5).await;
+    assert_eq!(order(&app, "k3", 1).await.0, 200);
+    // 4 (fresh 5 − 1), not 6 (what the stale record held, 7, − 1).
+    assert_eq!(app.stock("hot").await, Some(4));
+    // A duplicate of an order decided earlier: the record's commit is refused by the status
+    // document, and the read replays it.
+    let (s, body) = order(&app, "k0", 1).await;
+    assert_eq!((s, &body["outcome"]), (200, &json!("processed")));
+    assert_eq!(app.stock("hot").await, Some(4));
+}
+
+#[tokio::test]
+async fn a_refused_instance_marks_the_item_so_a_writer_from_known_versions_yields() {
+    let project = project();
+    let shards = |own: u32, spread: bool| {
+        move |c: &mut firestore_once::config::Config| {
+            c.collections.stock_shards = 4;
+            let p = Placement::new(own);
+            c.collections.placement = if spread {
+                p.spreading_every_item()
+            } else {
+                p
+            };
+        }
+    };
+    // a sells the item from its main document, committing from known versions (it never
+    // reads, so it never meets a conflict by itself); b already sells it from shard 1.
+    let a = spawn_app_with(project.clone(), shards(0, false)).await;
+    let b = spawn_app_with(project.clone(), shards(1, true)).await;
+    a.seed("hot", 100).await;
+    for i in 0..3 {
+        assert_eq!(order(&a, &format!("a{i}"), 1).await.0, 200);
+    }
+    assert_eq!(layout(&a, "hot").await, (97, vec![]));
+    // b's commits are refused twice (its shard changes under it each time, main does not):
+    // b marks the item's main document, then commits.
+    let (http, rest, guard) = (b.http.clone(), b.rest.clone(), b.guard.clone());
+    b.guard.before_next_commit(Box::new(move || {
+        Box::pin(async move {
+            write_stock(&http, &rest, "hot/shards/1", 0).await;
+            guard.before_next_commit(Box::new(move || {
+                Box::pin(async move { write_stock(&http, &rest, "hot/shards/1", 1).await })
+            }));
+        })
+    }));
+    assert_eq!(order(&b, "b0", 5).await.0, 200);
+    let main = a.doc("items", "hot").await.unwrap();
+    assert!(
+        main["fields"]["stock_contended_at_ms"].is_object(),
+        "b marked the main document: {main}"
+    );
+    // a's next commit from its record is refused by the mark: a counts the item contended
+    // and sells it from its own shard (0) from now on.
+    assert_eq!(order(&a, "a3", 1).await.0, 200);
+    let (main, shards) = layout(&a, "hot").await;
+    assert_eq!(shards.len(), 2, "a now has a shard too: {main} {shards:?}");
+    // 100 seeded, 1 written into shard 1 by the test, 3 + 5 + 1 sold.
+    assert_eq!(main + shards.iter().sum::<i64>(), 92);
+}
+
+#[tokio::test]
 async fn the_last_units_are_gathered_across_shards() {
     let project = project();
     let shards = |own| {
