@@ -192,11 +192,7 @@ async fn a_refused_instance_marks_the_item_so_a_writer_from_known_versions_yield
         move |c: &mut firestore_once::config::Config| {
             c.collections.stock_shards = 4;
             let p = Placement::new(own);
-            c.collections.placement = if spread {
-                p.spreading_every_item()
-            } else {
-                p
-            };
+            c.collections.placement = if spread { p.spreading_every_item() } else { p };
         }
     };
     // a sells the item from its main document, committing from known versions (it never
