@@ -439,7 +439,13 @@ impl Inner {
         let docs: Vec<String> = marks.iter().map(|w| w.doc().id.clone()).collect();
         match self.driver.commit(marks).await {
             Ok(_) => {
-                tracing::info!(docs = ?docs, outcome = "contention_marked", "refused repeatedly: marked the contended documents")
+                tracing::info!(
+                    operation_id = %batch.first().map_or("", |p| p.operation_id.as_str()),
+                    batch = batch.len(),
+                    docs = ?docs,
+                    outcome = "contention_marked",
+                    "refused repeatedly: marked the contended documents"
+                )
             }
             Err(e) => tracing::debug!(error = %e, "contention mark not written"),
         }
