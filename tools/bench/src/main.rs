@@ -312,14 +312,7 @@ fn machine() -> String {
                 .map(|m| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
+    let mem_gib = proc_kb("/proc/meminfo", "MemTotal:")
         .map(|kb| kb / 1024.0 / 1024.0)
         .unwrap_or(0.0);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -699,15 +692,31 @@ fn emulator_cpu_secs(host: &str) -> Option<f64> {
     Some(total)
 }
 
+/// The median of `v` (NaN when empty): one 4 s run moves by ±30 % here, so repeated runs are
+/// summed up by their median.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The number after `key` (e.g. `VmHWM:`) in a `/proc` file of `key value kB` lines.
+fn proc_kb(path: &str, key: &str) -> Option<f64> {
+    std::fs::read_to_string(path).ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+    })
+}
+
 /// Peak resident set (`VmHWM`) of `pid` in MB.
 fn peak_rss_mb(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .context("no VmHWM in /proc status")?;
+    let kb =
+        proc_kb(&format!("/proc/{pid}/status"), "VmHWM:").context("no VmHWM in /proc status")?;
     Ok(kb / 1024.0)
 }
 
@@ -716,14 +725,7 @@ async fn peak_anon_mb(pids: Vec<u32>, mut stop: tokio::sync::oneshot::Receiver<(
     let mut peak = 0.0_f64;
     loop {
         for pid in &pids {
-            let kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find(|l| l.starts_with("RssAnon:"))
-                        .and_then(|l| l.split_whitespace().nth(1))
-                        .and_then(|v| v.parse::<f64>().ok())
-                });
+            let kb = proc_kb(&format!("/proc/{pid}/status"), "RssAnon:");
             peak = peak.max(kb.unwrap_or(0.0) / 1024.0);
         }
         tokio::select! {
@@ -1662,14 +1664,6 @@ fn render(machine: &str, args: &Args, startup_ms: f64, rows: &[Row]) -> String {
                 r.scenario == id && r.runner == "service" && r.instances == n && r.round == round
             })
         };
-        let median = |mut v: Vec<f64>| -> f64 {
-            v.sort_by(f64::total_cmp);
-            match v.len() {
-                0 => f64::NAN,
-                n if n % 2 == 1 => v[n / 2],
-                n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-            }
-        };
         // (ratios, p99s, failed) of N = n over every round that has it and N = 1.
         let of = |n: usize| {
             let mut ratios = Vec::new();
@@ -1813,14 +1807,6 @@ fn compare_old(s: &mut String, rows: &[Row]) {
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut outside = Vec::new();
-    let median = |mut v: Vec<f64>| -> f64 {
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
-    };
     type Figure = fn(&Row) -> f64;
     let figures: [(&str, Figure, usize, Option<bool>); 6] = [
         ("orders/s", |r| r.per_sec, 1, Some(true)),
