@@ -43,6 +43,13 @@ pub struct RetryLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `once_commits_without_read_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KnownLabels {
+    /// `committed`, or `refused` (the record was stale: the batch was read and decided again).
+    pub result: &'static str,
+}
+
 /// How one delivery ended, as counted. Every request to `/orders` or `/tasks/{kind}` is
 /// counted exactly once with one of these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +124,8 @@ pub struct Metrics {
     gave_up: Counter,
     lease_takeovers: Counter,
     in_flight: Gauge,
+    known: Family<KnownLabels, Counter>,
+    contention_marks: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -181,6 +190,18 @@ impl Metrics {
             "Step leases taken over after their holder's lease expired unfinished",
             lease_takeovers.clone(),
         );
+        let known = Family::<KnownLabels, Counter>::default();
+        registry.register(
+            "commits_without_read",
+            "Batches committed from what this instance's own last commit left, without a read",
+            known.clone(),
+        );
+        let contention_marks = Counter::default();
+        registry.register(
+            "contention_marks",
+            "Commits that marked documents contended after a batch was refused repeatedly",
+            contention_marks.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "in_flight_requests",
@@ -197,6 +218,8 @@ impl Metrics {
             gave_up,
             lease_takeovers,
             in_flight,
+            known,
+            contention_marks,
         }
     }
 
@@ -265,6 +288,21 @@ impl Metrics {
         if self.enabled() {
             let reason = if conflict { "conflict" } else { "error" };
             self.retries.get_or_create(&RetryLabels { reason }).inc();
+        }
+    }
+
+    /// A batch committed without a read (`refused`: its record was stale).
+    pub fn commit_without_read(&self, refused: bool) {
+        if self.enabled() {
+            let result = if refused { "refused" } else { "committed" };
+            self.known.get_or_create(&KnownLabels { result }).inc();
+        }
+    }
+
+    /// Documents were marked contended after a batch was refused repeatedly.
+    pub fn contention_marked(&self) {
+        if self.enabled() {
+            self.contention_marks.inc();
         }
     }
 

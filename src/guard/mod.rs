@@ -439,6 +439,7 @@ impl Inner {
         let docs: Vec<String> = marks.iter().map(|w| w.doc().id.clone()).collect();
         match self.driver.commit(marks).await {
             Ok(_) => {
+                self.metrics.contention_marked();
                 tracing::info!(
                     operation_id = %batch.first().map_or("", |p| p.operation_id.as_str()),
                     batch = batch.len(),
@@ -568,10 +569,14 @@ impl Inner {
         }
         match self.commit(batch, folded, &versions, true).await {
             Err(Attempt::Conflict(e)) => {
+                self.metrics.commit_without_read(true);
                 tracing::debug!(error = %e, "commit from known versions refused; reading");
                 None
             }
-            done => Some(done),
+            done => {
+                self.metrics.commit_without_read(false);
+                Some(done)
+            }
         }
     }
 
