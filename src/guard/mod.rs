@@ -655,7 +655,7 @@ impl Inner {
         match committed {
             Ok(times) => {
                 let snapshot = &folded.snapshot;
-                let now: Vec<(DocRef, known::KnownDoc)> = written
+                let left: Vec<(DocRef, known::KnownDoc)> = written
                     .iter()
                     .filter_map(|(i, d)| {
                         let at = times.get(*i).cloned().flatten()?;
@@ -667,8 +667,8 @@ impl Inner {
                         Some((d.clone(), (fields, version)))
                     })
                     .collect();
-                if now.len() == written.len() {
-                    self.known.record(now);
+                if left.len() == written.len() {
+                    self.known.record(left);
                 } else {
                     self.known.forget(docs());
                 }

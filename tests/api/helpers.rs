@@ -203,6 +203,11 @@ impl TestApp {
         Some(r.json().await.unwrap())
     }
 
+    /// The service's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        metrics_text(&self.http, &format!("http://{}", self.addr)).await
+    }
+
     /// Current total stock of an item: its main document plus every stock shard.
     pub async fn stock(&self, id: &str) -> Option<i64> {
         let d = self.doc("items", id).await?;
@@ -672,4 +677,15 @@ pub fn field<'a>(doc: &'a Value, path: &[&str]) -> Option<&'a Value> {
     }
     let typed = v.as_object()?;
     typed.values().next()
+}
+
+/// The `/metrics` text of the service at `base` (`http://host:port`).
+pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

@@ -1561,14 +1561,7 @@ async fn lost_commit_answers_are_replayed_not_applied_twice() {
 
 /// `once_transaction_retries_total{reason="conflict"}` of an instance.
 async fn conflicts(http: &reqwest::Client, base: &str) -> f64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = crate::helpers::metrics_text(http, base).await;
     text.lines()
         .find(|l| l.starts_with("once_transaction_retries_total{reason=\"conflict\"}"))
         .and_then(|l| l.rsplit(' ').next())

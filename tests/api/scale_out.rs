@@ -179,15 +179,7 @@ async fn an_order_committed_from_known_versions_skips_the_read_and_a_stale_one_i
     // 4 (fresh 5 − 1), not 6 (what the stale record held, 7, − 1).
     assert_eq!(app.stock("hot").await, Some(4));
     // k1 and k2 committed without a read; k3's first commit was refused, then read.
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("once_commits_without_read_total{result=\"committed\"} 2"),
         "{metrics}"
@@ -239,15 +231,7 @@ async fn a_refused_instance_marks_the_item_so_a_writer_from_known_versions_yield
         main["fields"]["stock_contended_at_ms"].is_object(),
         "b marked the main document: {main}"
     );
-    let metrics = b
-        .http
-        .get(b.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = b.metrics().await;
     assert!(
         metrics.contains("once_contention_marks_total 1"),
         "{metrics}"
