@@ -1,12 +1,14 @@
-//! The Cloud Run binary: configuration from the environment, JSON logs, graceful shutdown
-//! bounded by `ONCE_SHUTDOWN_GRACE_MS`.
+//! The Cloud Run binary: the core ([`firestore_once_core`]) serving the shop's kinds
+//! ([`firestore_once_shop`]), configured from the environment, with JSON logs and graceful
+//! shutdown bounded by `ONCE_SHUTDOWN_GRACE_MS`.
 //!
 //! `firestore-once` (no arguments) serves; `firestore-once redrive [...]` sends dead letters
 //! back through the guard (see `firestore-once redrive --help`).
 
 use anyhow::Context;
-use firestore_once::config::Config;
-use firestore_once::{redrive, server, telemetry, tracing_otel};
+use firestore_once_core::config::Config;
+use firestore_once_core::{redrive, server, telemetry, tracing_otel};
+use firestore_once_shop::ShopConfig;
 
 const REDRIVE_USAGE: &str =
     "usage: firestore-once redrive [--since RFC3339] [--route /orders|/tasks/KIND] \
@@ -61,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         ),
     };
     let config = Config::from_env()?;
+    let shop = ShopConfig::from_env(&config.instance_id)?;
     // Built before the runtime: the exporter sends from its own thread, never a request's.
     let traces = tracing_otel::from_env()?;
     telemetry::init_with(config.log_format, traces.as_ref());
@@ -68,7 +71,7 @@ fn main() -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        let still_failing = rt.block_on(run_redrive(config, filter))?;
+        let still_failing = rt.block_on(run_redrive(config, shop, filter))?;
         if still_failing {
             std::process::exit(2);
         }
@@ -89,7 +92,7 @@ fn main() -> anyhow::Result<()> {
             .build()?,
     };
     let served = rt.block_on(async {
-        if let Err(e) = run(config).await {
+        if let Err(e) = run(config, shop).await {
             tracing::error!(error = format!("{e:#}"), "start-up failed");
             return Err(e);
         }
@@ -105,8 +108,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// `firestore-once redrive`: true when some dead letter still failed.
-async fn run_redrive(config: Config, filter: redrive::Filter) -> anyhow::Result<bool> {
-    let state = server::connect(config).await?;
+async fn run_redrive(
+    config: Config,
+    shop: ShopConfig,
+    filter: redrive::Filter,
+) -> anyhow::Result<bool> {
+    let state = firestore_once_shop::connect(config, shop).await?;
     let items = redrive::run(&state, &filter).await?;
     print!("{}", redrive::render(&items));
     Ok(items
@@ -114,8 +121,9 @@ async fn run_redrive(config: Config, filter: redrive::Filter) -> anyhow::Result<
         .any(|i| i.result == "failed" || i.result == "unavailable"))
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let state = server::connect(config).await?;
+async fn run(config: Config, shop: ShopConfig) -> anyhow::Result<()> {
+    let (shards, own_shard) = (shop.stock_shards, shop.placement.shard());
+    let state = firestore_once_shop::connect(config, shop).await?;
     let config = &state.config;
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port))
         .await
@@ -125,8 +133,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         project_id = %state.project_id,
         emulator = std::env::var("FIRESTORE_EMULATOR_HOST").ok(),
         instance_id = config.instance_id,
-        stock_shards = config.collections.stock_shards,
-        own_shard = config.collections.placement.shard(),
+        stock_shards = shards,
+        own_shard,
         "serving"
     );
     server::serve(listener, state, server::shutdown_signal()).await

@@ -9,10 +9,10 @@ use std::time::Duration;
 /// Firestore answers again after being cut; keep the guard retrying long enough to see it.
 /// (A cut link refuses at once; the call budget only has to cover a loaded machine's commit
 /// of a whole batch, its rejections verifying every stock shard.)
-fn patient(c: &mut firestore_once::config::Config) {
-    c.max_attempts = 30;
-    c.firestore_timeout = Duration::from_millis(2000);
-    c.request_timeout = Duration::from_secs(30);
+fn patient(c: &mut crate::helpers::Settings) {
+    c.core.max_attempts = 30;
+    c.core.firestore_timeout = Duration::from_millis(2000);
+    c.core.request_timeout = Duration::from_secs(30);
 }
 
 #[tokio::test]
@@ -113,8 +113,8 @@ async fn cached_replays_are_byte_for_byte_and_still_check_the_fingerprint() {
     let app = spawn_app_at(
         project(),
         |c| {
-            c.max_attempts = 1;
-            c.firestore_timeout = Duration::from_millis(500);
+            c.core.max_attempts = 1;
+            c.core.firestore_timeout = Duration::from_millis(500);
         },
         Some(proxy.url.clone()),
     )
@@ -165,9 +165,9 @@ async fn replays_answered_from_memory(cache_bytes: u64, n: usize) -> usize {
     let app = spawn_app_at(
         project(),
         |c| {
-            c.max_attempts = 1;
-            c.firestore_timeout = Duration::from_millis(300);
-            c.replay_cache_bytes = cache_bytes;
+            c.core.max_attempts = 1;
+            c.core.firestore_timeout = Duration::from_millis(300);
+            c.core.replay_cache_bytes = cache_bytes;
         },
         Some(proxy.url.clone()),
     )

@@ -3,7 +3,7 @@
 use crate::helpers::*;
 use base64::Engine;
 use firestore::gcloud_sdk::google::firestore::v1 as pb;
-use firestore_once::delivery::firestore_event::DocumentEventData;
+use firestore_once_core::delivery::firestore_event::DocumentEventData;
 use prost::Message;
 use serde_json::{json, Value};
 

@@ -435,9 +435,14 @@ fn dockerfile_is_multi_stage_distroless_non_root_exec_form() {
             dockerfile.contains(&format!("COPY {member}/Cargo.toml")),
             "workspace member {member}: copy its Cargo.toml in the Dockerfile's dependency layer"
         );
+        let placeholder = if root().join(member).join("src/lib.rs").exists() {
+            format!("{member}/src/lib.rs")
+        } else {
+            format!("{member}/src/main.rs")
+        };
         assert!(
-            dockerfile.contains(&format!("{member}/src/main.rs")),
-            "workspace member {member}: give it a placeholder main.rs in the dependency layer"
+            dockerfile.contains(&placeholder),
+            "workspace member {member}: give it a placeholder {placeholder} in the dependency layer"
         );
     }
     // target/ must never be sent as build context: it is gigabytes.
@@ -1147,12 +1152,12 @@ fn cloudbuild_tests_builds_deploys_and_wires_eventarc() {
     let retention_days: u64 = subs["_RETENTION_DAYS"].as_str().unwrap().parse().unwrap();
     assert_eq!(
         std::time::Duration::from_secs(retention_days * 86400),
-        firestore_once::config::Config::default().retention,
+        firestore_once_core::config::Config::default().retention,
         "the deployed retention is the documented default"
     );
     assert_eq!(subs["_RUST_VERSION"].as_str(), Some(msrv().as_str()));
     // The TTL policies cover every collection whose documents carry expire_at.
-    let collections = firestore_once::config::Collections::default();
+    let collections = firestore_once_core::config::Collections::default();
     assert_eq!(
         subs["_OPERATIONS"].as_str(),
         Some(collections.operations.as_str())

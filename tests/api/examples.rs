@@ -2,16 +2,16 @@
 //! another axum app (`embed.rs`), and a new workflow with an outside call (`refund.rs`).
 
 use crate::helpers::*;
-use firestore_once::config::Config;
+use firestore_once_core::config::Config;
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[path = "../../examples/embed.rs"]
+#[path = "../../crates/core/examples/embed.rs"]
 mod embed;
-#[path = "../../examples/refund.rs"]
+#[path = "../../crates/core/examples/refund.rs"]
 mod refund;
 
 async fn post(http: &reqwest::Client, url: String, body: Option<&Value>) -> (u16, bool, Value) {
@@ -85,10 +85,11 @@ async fn a_workflow_from_examples_pays_once_and_is_listed_by_the_status_query() 
         project(),
         |_| {},
         None,
-        move |s| {
+        move |mut s| {
             let mut r = (*s.registry).clone();
             refund::register(&mut r, p);
             s.registry = Arc::new(r);
+            s
         },
     )
     .await;

@@ -1,10 +1,11 @@
 //! Test fixture: one Firestore emulator per test binary, a fresh project per test, and the
 //! real service on `127.0.0.1:0`.
 
-use firestore_once::config::Config;
-use firestore_once::faults::Faults;
-use firestore_once::guard::{Guard, GuardConfig};
-use firestore_once::{server, AppState};
+use firestore_once_core::config::Config;
+use firestore_once_core::faults::Faults;
+use firestore_once_core::guard::{Guard, GuardConfig};
+use firestore_once_core::{server, service, Service};
+use firestore_once_shop::ShopConfig;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -100,6 +101,20 @@ pub fn project() -> String {
     format!("test-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// The binary's configuration, both halves, as a test changes it before the service starts.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// The core's (`ONCE_*` of the guard, the server, collections of status documents…).
+    pub core: Config,
+    /// The shop's (its collections, stock shards and placement).
+    pub shop: ShopConfig,
+}
+
+/// The service the binary serves (the shop on the core), on `guard`.
+pub fn shop_service(guard: Guard, settings: Settings, project: &str) -> Service {
+    firestore_once_shop::service(guard, settings.core, settings.shop, project.to_string())
+}
+
 /// Start the service with default configuration.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(project(), |_| {}).await
@@ -108,41 +123,40 @@ pub async fn spawn_app() -> TestApp {
 /// Build the guard for `project` with `config`; `api_url` overrides the emulator address.
 pub async fn guard_for(project: &str, config: &Config, api_url: Option<String>) -> Guard {
     emulator_host();
-    let db = server::connect_db(config, project, api_url)
+    let db = service::connect_db(config, project, api_url)
         .await
         .expect("firestore client");
     Guard::new(db, GuardConfig::from(config))
 }
 
 /// Start the service on `project` after `tweak` adjusts the configuration.
-pub async fn spawn_app_with(project: String, tweak: impl FnOnce(&mut Config)) -> TestApp {
+pub async fn spawn_app_with(project: String, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_app_at(project, tweak, None).await
 }
 
 /// Start the service; `api_url` points its Firestore client elsewhere (a dead port).
 pub async fn spawn_app_at(
     project: String,
-    tweak: impl FnOnce(&mut Config),
+    tweak: impl FnOnce(&mut Settings),
     api_url: Option<String>,
 ) -> TestApp {
-    spawn_app_full(project, tweak, api_url, |_| {}).await
+    spawn_app_full(project, tweak, api_url, |s| s).await
 }
 
 /// Start the service, letting `customize` change its state (task kinds, a carrier).
 pub async fn spawn_app_full(
     project: String,
-    tweak: impl FnOnce(&mut Config),
+    tweak: impl FnOnce(&mut Settings),
     api_url: Option<String>,
-    customize: impl FnOnce(&mut AppState),
+    customize: impl FnOnce(Service) -> Service,
 ) -> TestApp {
     let host = emulator_host();
-    let mut config = Config::default();
-    tweak(&mut config);
-    let guard = guard_for(&project, &config, api_url).await;
-    let mut state = AppState::new(guard.clone(), config, project.clone());
+    let mut settings = Settings::default();
+    tweak(&mut settings);
+    let guard = guard_for(&project, &settings.core, api_url).await;
     let faults = Arc::new(Faults::default());
-    state.faults = Some(faults.clone());
-    customize(&mut state);
+    let state = shop_service(guard.clone(), settings, &project).with_faults(faults.clone());
+    let state = customize(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(server::serve(listener, state, std::future::pending()));

@@ -10,12 +10,13 @@ use crate::helpers::*;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request};
 use firestore::gcloud_sdk::google::firestore::v1 as pb;
-use firestore_once::config::{Collections, Config};
-use firestore_once::delivery::{self, firestore_event, Mode, Payload, MAX_TRANSPORT_ID_BYTES};
-use firestore_once::engine::key::{hashed_id, is_valid_document_id};
-use firestore_once::engine::{Operation, ParseCtx};
-use firestore_once::shop::order::{Order, MAX_LINES, MAX_QUANTITY};
-use firestore_once::{app, AppState};
+use firestore_once_core::app;
+use firestore_once_core::config::Config;
+use firestore_once_core::delivery::{self, firestore_event, Mode, Payload, MAX_TRANSPORT_ID_BYTES};
+use firestore_once_core::engine::key::{hashed_id, is_valid_document_id};
+use firestore_once_core::engine::{Operation, ParseCtx};
+use firestore_once_shop::order::{Order, MAX_LINES, MAX_QUANTITY};
+use firestore_once_shop::ShopConfig;
 use futures::StreamExt;
 use pb::value::ValueType;
 use proptest::prelude::*;
@@ -156,7 +157,7 @@ fn structured_event() -> impl Strategy<Value = Value> {
     let ty = prop_oneof![
         Just(json!("com.example.order")),
         Just(json!(
-            firestore_once::delivery::cloudevent::PUBSUB_PUBLISHED
+            firestore_once_core::delivery::cloudevent::PUBSUB_PUBLISHED
         )),
         Just(json!("google.cloud.firestore.document.v1.created")),
         json_value(),
@@ -352,7 +353,7 @@ fn delivery_decoder_never_panics_and_bounds_identities() {
 /// Order parsing never panics; what it accepts is valid, and its operation ID is a hash.
 #[test]
 fn order_parser_never_panics_and_accepts_only_valid_orders() {
-    let collections = Collections::default();
+    let shop = ShopConfig::default();
     runner(4096)
         .run(
             &(
@@ -362,11 +363,10 @@ fn order_parser_never_panics_and_accepts_only_valid_orders() {
             ),
             |(v, fallback, direct)| {
                 let ctx = ParseCtx {
-                    collections: &collections,
                     fallback_key: fallback.as_deref(),
                     direct,
                 };
-                if let Ok(o) = Order::parse_with(&v, &ctx) {
+                if let Ok(o) = Order::parse_with(&v, &ctx, &shop) {
                     prop_assert!(!o.order_id().is_empty());
                     prop_assert!(!o.lines().is_empty() && o.lines().len() <= MAX_LINES);
                     for l in o.lines() {
@@ -429,7 +429,7 @@ fn router_answers_only_documented_statuses() {
     let (router, probe) = rt.block_on(async {
         let config = Config::default();
         let guard = guard_for(&project, &config, None).await;
-        let state = AppState::new(guard, config, project.clone());
+        let state = shop_service(guard, Settings::default(), &project);
         let probe = spawn_app_with(project.clone(), |_| {}).await;
         for i in 0..4 {
             probe.seed(&format!("i-{i:02}"), 1_000_000).await;
@@ -618,7 +618,7 @@ async fn huge_push_fields_are_dead_lettered_in_bounded_records() {
     for d in &letters {
         let f = &d["fields"];
         let body = f["body"]["stringValue"].as_str().unwrap();
-        assert!(body.len() <= firestore_once::http::dead_letter::MAX_BODY);
+        assert!(body.len() <= firestore_once_core::dead_letter::MAX_BODY);
         assert_eq!(f["body_truncated"]["booleanValue"], true);
         assert!(d.to_string().len() < 200_000, "a dead letter stays small");
     }

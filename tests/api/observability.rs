@@ -7,7 +7,7 @@ use crate::operate::Service;
 use axum::body::Bytes;
 use axum::routing::post;
 use base64::Engine;
-use firestore_once::config::Config;
+use firestore_once_core::config::Config;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
@@ -59,7 +59,7 @@ fn push_envelope(body: &Value, message_id: &str) -> String {
 #[tokio::test]
 async fn every_kind_of_delivery_moves_its_counter_by_exactly_one() {
     let project = project();
-    let a = spawn_app_with(project.clone(), |c| c.max_in_flight = 1).await;
+    let a = spawn_app_with(project.clone(), |c| c.core.max_in_flight = 1).await;
     // A second instance on the same database: its cache is empty, so it replays from Firestore.
     let b = spawn_app_with(project.clone(), |_| {}).await;
     a.seed("apple", 10).await;
@@ -169,7 +169,7 @@ async fn a_lease_taken_over_from_an_expired_holder_is_counted() {
     let project = project();
     let config = Config::default();
     let guard = guard_for(&project, &config, None).await;
-    let takeovers = |g: &firestore_once::guard::Guard| {
+    let takeovers = |g: &firestore_once_core::guard::Guard| {
         let text = g.metrics().encode().unwrap();
         text.lines()
             .find_map(|l| l.strip_prefix("once_lease_takeovers_total "))
@@ -198,14 +198,14 @@ async fn a_lease_taken_over_from_an_expired_holder_is_counted() {
         .unwrap();
     assert!(matches!(
         took,
-        firestore_once::guard::lease::LeaseOutcome::Acquired(_)
+        firestore_once_core::guard::lease::LeaseOutcome::Acquired(_)
     ));
     assert_eq!(takeovers(&guard), 1.0);
 }
 
 #[tokio::test]
 async fn metrics_off_means_no_endpoint() {
-    let app = spawn_app_with(project(), |c| c.metrics = false).await;
+    let app = spawn_app_with(project(), |c| c.core.metrics = false).await;
     let r = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }

@@ -2,14 +2,14 @@
 //! Cloud Run asks for, the last on the real binary with a real SIGTERM.
 
 use crate::helpers::{
-    emulator_host, free_port, guard_for, op_id, project, spawn_app_at, spawn_app_with, FaultProxy,
-    Link,
+    emulator_host, free_port, guard_for, op_id, project, shop_service, spawn_app_at,
+    spawn_app_with, FaultProxy, Link, Settings,
 };
 use axum::body::Body;
 use axum::http::Request;
 use base64::Engine;
-use firestore_once::config::Config;
-use firestore_once::{app, telemetry, AppState};
+use firestore_once_core::config::Config;
+use firestore_once_core::{app, telemetry};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,7 +69,11 @@ async fn json_logs_carry_severity_trace_and_the_decision_fields() {
     seeder.seed("apple", 10).await;
     let config = Config::default();
     let guard = guard_for(&project, &config, None).await;
-    let router = app(AppState::new(guard, config, project.clone()));
+    let settings = Settings {
+        core: config,
+        ..Settings::default()
+    };
+    let router = app(shop_service(guard, settings, &project));
     let sink = Captured::default();
     let writer = sink.clone();
     let dispatch = tracing::Dispatch::new(telemetry::json_subscriber(
@@ -212,7 +216,7 @@ async fn readyz_follows_firestore_while_healthz_does_not() {
     let proxy = FaultProxy::start(emulator_host().to_string()).await;
     let app = spawn_app_at(
         project(),
-        |c| c.firestore_timeout = Duration::from_millis(500),
+        |c| c.core.firestore_timeout = Duration::from_millis(500),
         Some(proxy.url.clone()),
     )
     .await;

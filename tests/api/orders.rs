@@ -290,8 +290,8 @@ async fn firestore_unavailable_is_503_with_retry_after_and_recovers() {
     let app = spawn_app_at(
         project(),
         |c| {
-            c.max_attempts = 2;
-            c.firestore_timeout = std::time::Duration::from_millis(500);
+            c.core.max_attempts = 2;
+            c.core.firestore_timeout = std::time::Duration::from_millis(500);
         },
         Some(proxy.url.clone()),
     )
@@ -332,8 +332,8 @@ async fn request_deadline_is_503_not_a_hang() {
     let app = spawn_app_at(
         project(),
         |c| {
-            c.request_timeout = std::time::Duration::from_millis(400);
-            c.firestore_timeout = std::time::Duration::from_secs(30);
+            c.core.request_timeout = std::time::Duration::from_millis(400);
+            c.core.firestore_timeout = std::time::Duration::from_secs(30);
         },
         Some(url),
     )

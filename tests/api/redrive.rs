@@ -7,11 +7,11 @@
 
 use crate::helpers::*;
 use base64::Engine;
-use firestore_once::config::Config;
-use firestore_once::engine::ValidationError;
-use firestore_once::redrive::{self, Filter};
-use firestore_once::shop::{self, fulfil::LocalCarrier};
-use firestore_once::AppState;
+use firestore_once_core::config::Config;
+use firestore_once_core::engine::ValidationError;
+use firestore_once_core::redrive::{self, Filter};
+use firestore_once_core::Service;
+use firestore_once_shop::{self as shop, fulfil::LocalCarrier, ShopConfig};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -21,15 +21,16 @@ pub async fn buggy_release(project: String) -> TestApp {
         project,
         |_| {},
         None,
-        |st| {
-            let mut r = shop::registry(Arc::new(LocalCarrier));
+        |mut st| {
+            let mut r = shop::registry(&ShopConfig::default(), Arc::new(LocalCarrier));
             r.register("order", |_, _| {
-                Err(ValidationError::new(
+                Err::<firestore_once_shop::order::Order, _>(ValidationError::new(
                     "item_id",
                     "an earlier release could not read this",
                 ))
             });
             st.registry = Arc::new(r);
+            st
         },
     )
     .await
@@ -66,10 +67,10 @@ pub async fn dead_letter_orders(
 }
 
 /// The fixed release's state, in process, for the library calls.
-pub async fn fixed_state(project: &str) -> AppState {
+pub async fn fixed_state(project: &str) -> Service {
     let config = Config::default();
     let guard = guard_for(project, &config, None).await;
-    AppState::new(guard, config, project.to_string())
+    shop_service(guard, Settings::default(), project)
 }
 
 fn redrive_cli(project: &str, args: &[&str]) -> (i32, String) {

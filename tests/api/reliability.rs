@@ -10,8 +10,8 @@
 
 use crate::helpers::*;
 use firestore::{FirestoreDb, FirestoreDbOptions};
-use firestore_once::config::Collections;
-use firestore_once::shop::invariants::{self, Report, StockMap};
+use firestore_once_shop::invariants::{self, Report, StockMap};
+use firestore_once_shop::ShopConfig;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -146,7 +146,7 @@ async fn check(project: &str, host: Option<&str>, initial: &StockMap) -> Report 
     let mut opts = FirestoreDbOptions::new(project.to_string());
     opts.firebase_api_url = host.map(|h| format!("http://{h}"));
     let db = FirestoreDb::with_options(opts).await.unwrap();
-    let report = invariants::verify(&db, &Collections::default(), initial)
+    let report = invariants::verify(&db, &ShopConfig::default(), initial)
         .await
         .unwrap();
     print!("invariants: {report}");

@@ -6,9 +6,9 @@
 
 use crate::helpers::*;
 use firestore::{FirestoreDb, FirestoreDbOptions};
-use firestore_once::config::Collections;
-use firestore_once::shop::invariants::{self, StockMap};
-use firestore_once::shop::stock::Placement;
+use firestore_once_shop::invariants::{self, StockMap};
+use firestore_once_shop::stock::Placement;
+use firestore_once_shop::ShopConfig;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -18,7 +18,7 @@ async fn verify(project: &str, initial: &StockMap) -> invariants::Report {
     let db = FirestoreDb::with_options(FirestoreDbOptions::new(project.to_string()))
         .await
         .unwrap();
-    invariants::verify(&db, &Collections::default(), initial)
+    invariants::verify(&db, &ShopConfig::default(), initial)
         .await
         .unwrap()
 }
@@ -70,7 +70,7 @@ async fn layout(app: &TestApp, id: &str) -> (i64, Vec<i64>) {
 async fn a_conflict_is_retried_on_fresh_reads() {
     // No shards: the order writes the main document, which a second writer changes between
     // the service's read and its commit.
-    let app = spawn_app_with(project(), |c| c.collections.stock_shards = 0).await;
+    let app = spawn_app_with(project(), |c| c.shop.stock_shards = 0).await;
     app.seed("apple", 10).await;
     let (http, rest) = (app.http.clone(), app.rest.clone());
     app.guard.before_next_commit(Box::new(move || {
@@ -86,7 +86,7 @@ async fn a_conflict_is_retried_on_fresh_reads() {
 
 #[tokio::test]
 async fn a_rejection_is_never_based_on_a_stale_read() {
-    let app = spawn_app_with(project(), |c| c.collections.stock_shards = 0).await;
+    let app = spawn_app_with(project(), |c| c.shop.stock_shards = 0).await;
     app.seed("apple", 1).await;
     let (http, rest) = (app.http.clone(), app.rest.clone());
     // The service reads 1, decides "insufficient" for 3; a restock lands before the commit.
@@ -104,10 +104,7 @@ async fn a_rejection_is_never_based_on_a_stale_read() {
 async fn a_status_document_that_appeared_meanwhile_is_replayed() {
     let project = project();
     let a = spawn_app_with(project.clone(), |_| {}).await;
-    let b = spawn_app_with(project.clone(), |c| {
-        c.collections.placement = Placement::new(1)
-    })
-    .await;
+    let b = spawn_app_with(project.clone(), |c| c.shop.placement = Placement::new(1)).await;
     a.seed("apple", 10).await;
     let order = json!({"order_id": "dup", "item_id": "apple", "quantity": 2});
     // Between a's fold and its commit, the same order is processed through b.
@@ -129,8 +126,8 @@ async fn a_status_document_that_appeared_meanwhile_is_replayed() {
 #[tokio::test]
 async fn an_item_moves_to_shards_only_once_another_writer_contends_it() {
     let app = spawn_app_with(project(), |c| {
-        c.collections.stock_shards = 4;
-        c.collections.placement = Placement::new(2);
+        c.shop.stock_shards = 4;
+        c.shop.placement = Placement::new(2);
     })
     .await;
     app.seed("hot", 100).await;
@@ -169,7 +166,7 @@ async fn an_order_committed_from_known_versions_skips_the_read_and_a_stale_one_i
     // One instance alone: after its first order it knows the main document's version and
     // commits without reading; a change by someone else makes that commit fail its
     // precondition, and the order is read and decided again on the fresh stock.
-    let app = spawn_app_with(project(), |c| c.collections.stock_shards = 0).await;
+    let app = spawn_app_with(project(), |c| c.shop.stock_shards = 0).await;
     app.seed("hot", 10).await;
     for i in 0..3 {
         assert_eq!(order(&app, &format!("k{i}"), 1).await.0, 200);
@@ -199,10 +196,10 @@ async fn an_order_committed_from_known_versions_skips_the_read_and_a_stale_one_i
 async fn a_refused_instance_marks_the_item_so_a_writer_from_known_versions_yields() {
     let project = project();
     let shards = |own: u32, spread: bool| {
-        move |c: &mut firestore_once::config::Config| {
-            c.collections.stock_shards = 4;
+        move |c: &mut crate::helpers::Settings| {
+            c.shop.stock_shards = 4;
             let p = Placement::new(own);
-            c.collections.placement = if spread { p.spreading_every_item() } else { p };
+            c.shop.placement = if spread { p.spreading_every_item() } else { p };
         }
     };
     // a sells the item from its main document, committing from known versions (it never
@@ -249,10 +246,10 @@ async fn a_refused_instance_marks_the_item_so_a_writer_from_known_versions_yield
 async fn the_last_units_are_gathered_across_shards() {
     let project = project();
     let shards = |own| {
-        move |c: &mut firestore_once::config::Config| {
-            c.collections.stock_shards = 4;
+        move |c: &mut crate::helpers::Settings| {
+            c.shop.stock_shards = 4;
             // Both already met the item contended: the shard rules from the first order.
-            c.collections.placement = Placement::new(own).spreading_every_item();
+            c.shop.placement = Placement::new(own).spreading_every_item();
         }
     };
     let a = spawn_app_with(project.clone(), shards(0)).await;
@@ -301,8 +298,8 @@ async fn a_hot_item_sold_through_three_instances_under_a_storm_sells_exactly_its
             spawn_app_with(project.clone(), move |c| {
                 // Every item starts on its main document; the instances spread it
                 // themselves once their commits collide there.
-                c.collections.stock_shards = 4;
-                c.collections.placement = Placement::new(own);
+                c.shop.stock_shards = 4;
+                c.shop.placement = Placement::new(own);
             })
             .await,
         );

@@ -4,9 +4,9 @@
 
 use crate::helpers::*;
 use base64::Engine;
-use firestore_once::config::Config;
-use firestore_once::guard::lease::LeaseOutcome;
-use firestore_once::shop::{self, fulfil::Carrier};
+use firestore_once_core::config::Config;
+use firestore_once_core::guard::lease::LeaseOutcome;
+use firestore_once_shop::{self as shop, fulfil::Carrier, ShopConfig};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -190,10 +190,10 @@ async fn multi_step_task_lists_its_steps_while_running_and_when_done() {
         project(),
         |_| {},
         None,
-        |s| {
-            s.registry = Arc::new(shop::registry(Arc::new(SlowCarrier(Duration::from_secs(
-                3,
-            )))))
+        |mut s| {
+            let carrier = Arc::new(SlowCarrier(Duration::from_secs(3)));
+            s.registry = Arc::new(shop::registry(&ShopConfig::default(), carrier));
+            s
         },
     )
     .await;

@@ -2,14 +2,14 @@
 //! user-defined kind from `examples/`.
 
 use crate::helpers::*;
-use firestore_once::shop::{self, fulfil::Carrier};
+use firestore_once_shop::{self as shop, fulfil::Carrier, ShopConfig};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[path = "../../examples/award_points.rs"]
+#[path = "../../crates/core/examples/award_points.rs"]
 mod award_points;
 
 impl TestApp {
@@ -50,8 +50,9 @@ async fn app_with_carrier(carrier: Arc<CountingCarrier>) -> TestApp {
         project(),
         |_| {},
         None,
-        move |s| {
-            s.registry = Arc::new(shop::registry(carrier));
+        move |mut s| {
+            s.registry = Arc::new(shop::registry(&ShopConfig::default(), carrier));
+            s
         },
     )
     .await
@@ -359,10 +360,11 @@ async fn a_kind_from_examples_runs_exactly_once() {
         project(),
         |_| {},
         None,
-        |s| {
+        |mut s| {
             let mut r = (*s.registry).clone();
             award_points::register(&mut r);
             s.registry = Arc::new(r);
+            s
         },
     )
     .await;

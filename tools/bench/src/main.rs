@@ -839,7 +839,7 @@ async fn raw_transaction(
     db: &FirestoreDb,
     o: &Order,
 ) -> Result<bool, firestore::errors::FirestoreError> {
-    let op_id = firestore_once::engine::key::hashed_id("order", &o.order_id);
+    let op_id = firestore_once_core::engine::key::hashed_id("order", &o.order_id);
     let lines = Arc::new(o.lines.clone());
     db.run_transaction(|db, tx| {
         let op_id = op_id.clone();
@@ -1484,16 +1484,16 @@ impl Env {
             ))
         };
         // And the project's own checker over every item, order and status document.
-        let initial: firestore_once::shop::invariants::StockMap =
+        let initial: firestore_once_shop::invariants::StockMap =
             ids.iter().map(|id| (id.clone(), PLENTY)).collect();
         let db = FirestoreDb::with_options(
             FirestoreDbOptions::new(project.clone()).with_request_timeout(Duration::from_secs(30)),
         )
         .await
         .map_err(|e| anyhow!("invariant checker client: {e}"))?;
-        let report = firestore_once::shop::invariants::verify(
+        let report = firestore_once_shop::invariants::verify(
             &db,
-            &firestore_once::config::Collections::default(),
+            &firestore_once_shop::ShopConfig::default(),
             &initial,
         )
         .await

@@ -10,8 +10,8 @@ use anyhow::{bail, Context, Result};
 use base64::Engine;
 use firestore::gcloud_sdk::google::firestore::v1 as pb;
 use firestore::{FirestoreDb, FirestoreDbOptions, FirestoreInstant};
-use firestore_once::engine::DeliveryMeta;
-use firestore_once::http::dead_letter::{self, BodyEncoding, DeadLetter};
+use firestore_once_core::dead_letter::{self, BodyEncoding, DeadLetter};
+use firestore_once_core::engine::DeliveryMeta;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -147,7 +147,7 @@ pub async fn run(count: usize, service_bin: &Path, emulator: &str) -> Result<Str
     let line = format!(
         "redrive: {count} dead letters in {secs:.1} s = {:.0} dead letters/s (firestore-once redrive, one process, {} at a time; every one processed, stock moved exactly {taken})",
         count as f64 / secs,
-        firestore_once::redrive::CONCURRENCY,
+        firestore_once_core::redrive::CONCURRENCY,
     );
     println!("{line}");
     Ok(line)

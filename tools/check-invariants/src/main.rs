@@ -1,5 +1,5 @@
 //! `check-invariants`: read a project's items, orders and status documents and check that no
-//! order was applied twice or lost (see `firestore_once::shop::invariants`). For reliability runs
+//! order was applied twice or lost (see `firestore_once_shop::invariants`). For reliability runs
 //! and for operators after an incident.
 //!
 //! ```sh
@@ -13,8 +13,9 @@
 
 use anyhow::{bail, Context};
 use firestore::{FirestoreDb, FirestoreDbOptions};
-use firestore_once::config::Config;
-use firestore_once::shop::invariants::{self, StockMap};
+use firestore_once_core::config::Config;
+use firestore_once_shop::invariants::{self, StockMap};
+use firestore_once_shop::ShopConfig;
 use std::io::Read;
 use std::process::ExitCode;
 
@@ -56,6 +57,8 @@ fn args() -> anyhow::Result<Args> {
 async fn run() -> anyhow::Result<bool> {
     let a = args()?;
     let config = Config::from_env()?;
+    let mut shop = ShopConfig::from_env(&config.instance_id)?;
+    shop.operations = config.collections.operations.clone();
     let text = if a.initial == "-" {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s)?;
@@ -76,7 +79,7 @@ async fn run() -> anyhow::Result<bool> {
     )
     .await
     .context("connecting to Firestore")?;
-    let report = invariants::verify(&db, &config.collections, &initial).await?;
+    let report = invariants::verify(&db, &shop, &initial).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

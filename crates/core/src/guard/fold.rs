@@ -1,0 +1,598 @@
+//! The batch fold, as a pure function: from the operations of one batch and the documents
+//! they read (with each document's version), decide every operation in order on an evolving
+//! snapshot and produce the per-operation replies plus the writes of ONE commit, each write
+//! carrying the precondition that makes the commit valid only if nothing it relied on
+//! changed since the read.
+//!
+//! The preconditions are what replaces a read-write transaction (see docs/scale-out.md):
+//! - a new status document is created with `exists: false`, so a concurrent delivery of the
+//!   same operation that committed first fails this commit, and the re-read replays it;
+//! - the first write to every business document read carries `update_time == read` (or
+//!   `exists: false` when it was read missing), so a lost update is impossible;
+//! - a batch that stores a rejection also *verifies* every business document it read and does
+//!   not write (see [`Guarded::Verify`]), so no rejection rests on a stale read.
+//!
+//! No I/O, no clock: `now` is given, so the fold is tested here without an emulator.
+
+use super::{GuardError, Reply, Unavailable};
+use crate::engine::record::Outcome;
+use crate::engine::record::{self, RecordInput, StatusRecord};
+use crate::engine::DeliveryMeta;
+use crate::engine::{Decision, DocRef, Fields, OpError, Operation, Snapshot, Write, WriteKind};
+use firestore::gcloud_sdk::prost_types::Timestamp;
+use firestore::FirestoreInstant;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+/// The version of a document as read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Version {
+    /// The document did not exist.
+    Missing,
+    /// Its `update_time`.
+    At(Timestamp),
+}
+
+/// A document as read: its fields and version, `None` when it does not exist.
+pub type ReadDoc = Option<(Fields, Version)>;
+
+/// What must hold at commit time for a write to be applied (else the whole commit fails and
+/// nothing is written).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Precondition {
+    /// None (a replace or delete of a document that was not read).
+    None,
+    /// The document exists (`true`) or does not (`false`).
+    Exists(bool),
+    /// The document's `update_time` is still this one.
+    UpdateTime(Timestamp),
+}
+
+impl From<Version> for Precondition {
+    fn from(v: Version) -> Self {
+        match v {
+            Version::Missing => Precondition::Exists(false),
+            Version::At(t) => Precondition::UpdateTime(t),
+        }
+    }
+}
+
+/// One write of the commit.
+#[derive(Clone, Debug)]
+pub enum Guarded {
+    /// A business or status write with its precondition.
+    Write {
+        /// The write.
+        write: Write,
+        /// What must still hold.
+        precondition: Precondition,
+    },
+    /// Change nothing, but fail the commit unless `doc` is still at `version` (an update with
+    /// an empty mask for an existing document, a delete with `exists: false` for a missing
+    /// one; both checked on the emulator to leave the document and its update_time as is).
+    Verify {
+        /// The document.
+        doc: DocRef,
+        /// Its version as read.
+        version: Version,
+    },
+}
+
+impl Guarded {
+    /// The document this write touches.
+    pub fn doc(&self) -> &DocRef {
+        match self {
+            Guarded::Write { write, .. } => &write.doc,
+            Guarded::Verify { doc, .. } => doc,
+        }
+    }
+}
+
+/// One operation of the batch.
+pub struct Entry<'a> {
+    /// The operation.
+    pub op: &'a dyn Operation,
+    /// Its ID (status document ID).
+    pub operation_id: &'a str,
+    /// The delivery, recorded on a new status document.
+    pub delivery: &'a DeliveryMeta,
+}
+
+/// What the fold needs besides the batch and its reads.
+pub struct FoldCtx<'a> {
+    /// Collection of status documents.
+    pub operations: &'a str,
+    /// How long status documents are kept.
+    pub retention: Duration,
+    /// Decision time of the whole batch.
+    pub now: FirestoreInstant,
+}
+
+/// The fold's result.
+#[derive(Debug)]
+pub struct Folded {
+    /// One reply per operation, valid once the commit succeeds (if `needs_commit`).
+    pub replies: Vec<Reply>,
+    /// Whether each reply depends on the commit (a fresh decision, or a replay of an
+    /// operation decided earlier in the same batch).
+    pub needs_commit: Vec<bool>,
+    /// The commit; empty when nothing needs writing.
+    pub writes: Vec<Guarded>,
+    /// Documents some operation needs before it can decide (see [`OpError::ReadMore`]):
+    /// when not empty, the fold is void; read these too and fold again.
+    pub more_reads: Vec<DocRef>,
+    /// The documents as the commit leaves them (what was read, with every write applied).
+    pub snapshot: Snapshot,
+}
+
+/// Split what was read into the documents (for a [`Snapshot`]) and their versions.
+pub fn split(read: HashMap<DocRef, ReadDoc>) -> (Vec<(DocRef, Option<Fields>)>, Versions) {
+    let mut docs = Vec::with_capacity(read.len());
+    let mut versions = HashMap::with_capacity(read.len());
+    for (d, r) in read {
+        match r {
+            Some((f, v)) => {
+                versions.insert(d.clone(), v);
+                docs.push((d, Some(f)));
+            }
+            None => {
+                versions.insert(d.clone(), Version::Missing);
+                docs.push((d, None));
+            }
+        }
+    }
+    (docs, versions)
+}
+
+/// Version of every document read.
+pub type Versions = HashMap<DocRef, Version>;
+
+/// Decide every entry in order on one evolving `snapshot` of what was read at `versions`.
+pub fn fold(
+    entries: &[Entry<'_>],
+    mut snapshot: Snapshot,
+    versions: &Versions,
+    ctx: &FoldCtx<'_>,
+) -> Folded {
+    let mut writes: Vec<Write> = Vec::new();
+    let mut decided: HashMap<&str, StatusRecord> = HashMap::new();
+    let mut replies: Vec<Reply> = Vec::with_capacity(entries.len());
+    let mut needs_commit: Vec<bool> = Vec::with_capacity(entries.len());
+    let mut more_reads: BTreeSet<DocRef> = BTreeSet::new();
+    let mut rejected = false;
+    for e in entries {
+        let fingerprint = e.op.fingerprint().to_hex();
+        let status_ref = DocRef::new(ctx.operations, e.operation_id);
+        let (existing, in_batch) = match decided.get(e.operation_id) {
+            Some(r) => (Some(r.clone()), true),
+            None => match snapshot.get::<StatusRecord>(&status_ref) {
+                Ok(r) => (r, false),
+                Err(err) => {
+                    replies.push(Err(err.into()));
+                    needs_commit.push(false);
+                    continue;
+                }
+            },
+        };
+        if let Some(record) = existing {
+            needs_commit.push(in_batch);
+            replies.push(if record.fingerprint == fingerprint {
+                Ok(Outcome {
+                    operation_id: e.operation_id.to_string(),
+                    replayed: true,
+                    record,
+                    from_cache: false,
+                })
+            } else {
+                Err(GuardError::KeyReused {
+                    operation_id: e.operation_id.to_string(),
+                })
+            });
+            continue;
+        }
+        let decision = match e.op.decide(&snapshot) {
+            Ok(d) => d,
+            Err(OpError::ReadMore { docs }) => {
+                more_reads.extend(docs.into_iter().filter(|d| !versions.contains_key(d)));
+                replies.push(Err(GuardError::Unavailable(Unavailable::ReadMore)));
+                needs_commit.push(false);
+                continue;
+            }
+            Err(err) => {
+                replies.push(Err(err.into()));
+                needs_commit.push(false);
+                continue;
+            }
+        };
+        let record = record::build(
+            RecordInput {
+                operation_id: e.operation_id,
+                kind: e.op.kind(),
+                key: e.op.key(),
+                fingerprint,
+                delivery: e.delivery,
+                now: ctx.now,
+                retention: ctx.retention,
+            },
+            &decision,
+        );
+        let status_write = match Write::create(status_ref, &record) {
+            Ok(w) => w,
+            Err(err) => {
+                replies.push(Err(err.into()));
+                needs_commit.push(false);
+                continue;
+            }
+        };
+        let op_writes = match decision {
+            Decision::Apply { writes, .. } => writes,
+            Decision::Reject(_) => {
+                rejected = true;
+                Vec::new()
+            }
+        };
+        for w in op_writes.into_iter().chain(std::iter::once(status_write)) {
+            snapshot.apply(&w);
+            writes.push(w);
+        }
+        decided.insert(e.operation_id, record.clone());
+        replies.push(Ok(Outcome {
+            operation_id: e.operation_id.to_string(),
+            replayed: false,
+            record,
+            from_cache: false,
+        }));
+        needs_commit.push(true);
+    }
+    let more_reads: Vec<DocRef> = more_reads.into_iter().collect();
+    let writes = if writes.is_empty() || !more_reads.is_empty() {
+        Vec::new()
+    } else {
+        let operations = ctx.operations;
+        guard(writes, versions, |d| rejected && d.collection != operations)
+    };
+    Folded {
+        replies,
+        needs_commit,
+        writes,
+        more_reads,
+        snapshot,
+    }
+}
+
+/// Attach preconditions to `writes`: the first write to each document that was read carries
+/// its read version; later writes to the same document in the commit (which Firestore applies
+/// in order, each seeing the one before) keep their own. Documents that were read, not
+/// written, and for which `verify` says so, get a [`Guarded::Verify`].
+pub fn guard(
+    writes: Vec<Write>,
+    versions: &Versions,
+    verify: impl Fn(&DocRef) -> bool,
+) -> Vec<Guarded> {
+    let mut written: HashSet<DocRef> = HashSet::new();
+    let mut out = Vec::with_capacity(writes.len());
+    for write in writes {
+        let natural = match write.kind {
+            WriteKind::Create(_) => Precondition::Exists(false),
+            WriteKind::Update(_) => Precondition::Exists(true),
+            WriteKind::Set(_) | WriteKind::Delete => Precondition::None,
+        };
+        let first = written.insert(write.doc.clone());
+        let precondition = match (first, versions.get(&write.doc), &write.kind) {
+            // An update of a document read missing must still fail, never create it.
+            (true, Some(Version::Missing), WriteKind::Update(_)) => natural,
+            (true, Some(v), _) => v.clone().into(),
+            _ => natural,
+        };
+        out.push(Guarded::Write {
+            write,
+            precondition,
+        });
+    }
+    let mut unwritten: Vec<(&DocRef, &Version)> = versions
+        .iter()
+        .filter(|(d, _)| !written.contains(*d) && verify(d))
+        .collect();
+    unwritten.sort_by(|a, b| a.0.cmp(b.0));
+    out.extend(unwritten.into_iter().map(|(d, v)| Guarded::Verify {
+        doc: d.clone(),
+        version: v.clone(),
+    }));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::operation_id;
+    use serde::{Deserialize, Serialize};
+    use serde_json::json;
+
+    /// A stock level, the document the test operation takes from.
+    #[derive(Serialize, Deserialize)]
+    struct Stock {
+        stock: i64,
+    }
+
+    /// Take `q` units of `item` once per `id`: the smallest operation with a rejection.
+    struct Order {
+        id: String,
+        item: String,
+        q: i64,
+    }
+
+    impl Operation for Order {
+        fn kind(&self) -> &'static str {
+            "take"
+        }
+        fn key(&self) -> &str {
+            &self.id
+        }
+        fn fingerprint(&self) -> crate::engine::Fingerprint {
+            crate::engine::Fingerprint::of("take", &(&self.item, self.q))
+        }
+        fn reads(&self) -> Vec<DocRef> {
+            vec![item(&self.item)]
+        }
+        fn decide(&self, snap: &Snapshot) -> Result<Decision, OpError> {
+            let doc = item(&self.item);
+            match snap.get::<Stock>(&doc)? {
+                Some(s) if s.stock >= self.q => Ok(Decision::apply(vec![Write::update(
+                    doc,
+                    &Stock {
+                        stock: s.stock - self.q,
+                    },
+                )?])),
+                _ => Ok(Decision::reject("short", "not enough".into(), json!({}))),
+            }
+        }
+    }
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp {
+            seconds: s,
+            nanos: 0,
+        }
+    }
+
+    fn stock(n: i64, at: i64) -> ReadDoc {
+        let f = firestore::FirestoreDb::serialize_to_doc("x", &json!({"stock": n}))
+            .unwrap()
+            .fields;
+        Some((f, Version::At(ts(at))))
+    }
+
+    fn order(id: &str, item: &str, q: i64) -> Order {
+        Order {
+            id: id.into(),
+            item: item.into(),
+            q,
+        }
+    }
+
+    fn item(id: &str) -> DocRef {
+        DocRef::new("items", id)
+    }
+
+    fn status(op: &Order) -> DocRef {
+        DocRef::new("operations", operation_id(op))
+    }
+
+    struct Batch {
+        ops: Vec<Order>,
+        ids: Vec<String>,
+        meta: DeliveryMeta,
+    }
+
+    impl Batch {
+        fn new(ops: Vec<Order>) -> Self {
+            let ids = ops.iter().map(|o| operation_id(o)).collect();
+            Self {
+                ops,
+                ids,
+                meta: DeliveryMeta::default(),
+            }
+        }
+
+        fn reads(&self, extra: Vec<(DocRef, ReadDoc)>) -> HashMap<DocRef, ReadDoc> {
+            let mut m: HashMap<DocRef, ReadDoc> =
+                self.ops.iter().map(|o| (status(o), None)).collect();
+            m.extend(extra);
+            m
+        }
+
+        fn fold(&self, read: &HashMap<DocRef, ReadDoc>) -> Folded {
+            let entries: Vec<Entry<'_>> = self
+                .ops
+                .iter()
+                .zip(&self.ids)
+                .map(|(op, id)| Entry {
+                    op,
+                    operation_id: id,
+                    delivery: &self.meta,
+                })
+                .collect();
+            let (docs, versions) = split(read.clone());
+            fold(
+                &entries,
+                Snapshot::from_docs(FirestoreInstant::now(), docs),
+                &versions,
+                &FoldCtx {
+                    operations: "operations",
+                    retention: Duration::from_secs(3600),
+                    now: FirestoreInstant::now(),
+                },
+            )
+        }
+    }
+
+    fn outcome(r: &Reply) -> String {
+        match r {
+            Ok(o) if o.replayed => format!("replayed:{}", o.record.response.status),
+            Ok(o) => o.record.response.status.to_string(),
+            Err(GuardError::KeyReused { .. }) => "key_reused".into(),
+            Err(e) => format!("error:{e}"),
+        }
+    }
+
+    fn outcomes(f: &Folded) -> Vec<String> {
+        f.replies.iter().map(outcome).collect()
+    }
+
+    /// The stock each write leaves on `doc`, in commit order.
+    fn stock_writes(f: &Folded, doc: &DocRef) -> Vec<(i64, Precondition)> {
+        f.writes
+            .iter()
+            .filter_map(|g| match g {
+                Guarded::Write {
+                    write,
+                    precondition,
+                } if &write.doc == doc => {
+                    let fields = match &write.kind {
+                        WriteKind::Update(f) | WriteKind::Set(f) | WriteKind::Create(f) => f,
+                        WriteKind::Delete => return None,
+                    };
+                    let snap = Snapshot::from_docs(
+                        FirestoreInstant::now(),
+                        [(doc.clone(), Some(fields.clone()))],
+                    );
+                    let s: Stock = snap.get(doc).ok()??;
+                    Some((s.stock, precondition.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_straddling_the_last_unit_takes_it_once_and_rejects_the_rest() {
+        let b = Batch::new(vec![
+            order("a", "hot", 1),
+            order("b", "hot", 1),
+            order("c", "hot", 1),
+        ]);
+        let f = b.fold(&b.reads(vec![(item("hot"), stock(2, 7))]));
+        assert_eq!(outcomes(&f), ["200", "200", "409"]);
+        assert_eq!(f.needs_commit, [true, true, true]);
+        // The first write carries the read version; the second builds on it in the commit.
+        assert_eq!(
+            stock_writes(&f, &item("hot")),
+            [
+                (1, Precondition::UpdateTime(ts(7))),
+                (0, Precondition::Exists(true))
+            ]
+        );
+        // Three new status documents, each created once.
+        let created = f
+            .writes
+            .iter()
+            .filter(|g| {
+                matches!(g, Guarded::Write { write, precondition: Precondition::Exists(false) }
+                    if write.doc.collection == "operations")
+            })
+            .count();
+        assert_eq!(created, 3);
+        // The item is written, so the rejection is covered by that write's precondition.
+        assert!(!f.writes.iter().any(|g| matches!(g, Guarded::Verify { .. })));
+    }
+
+    #[test]
+    fn a_rejection_verifies_the_documents_it_read() {
+        let b = Batch::new(vec![order("a", "x", 5), order("b", "y", 1)]);
+        let f = b.fold(&b.reads(vec![(item("x"), stock(3, 4)), (item("y"), None)]));
+        assert_eq!(outcomes(&f), ["409", "409"]);
+        let verified: Vec<(&DocRef, &Version)> = f
+            .writes
+            .iter()
+            .filter_map(|g| match g {
+                Guarded::Verify { doc, version } => Some((doc, version)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            verified,
+            [
+                (&item("x"), &Version::At(ts(4))),
+                (&item("y"), &Version::Missing)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rejection_mid_batch_leaves_the_others_applied() {
+        let b = Batch::new(vec![
+            order("a", "hot", 2),
+            order("b", "hot", 5),
+            order("c", "hot", 1),
+        ]);
+        let f = b.fold(&b.reads(vec![(item("hot"), stock(3, 1))]));
+        assert_eq!(outcomes(&f), ["200", "409", "200"]);
+        let left: Vec<i64> = stock_writes(&f, &item("hot"))
+            .into_iter()
+            .map(|w| w.0)
+            .collect();
+        assert_eq!(left, [1, 0]);
+    }
+
+    #[test]
+    fn duplicates_inside_one_batch_apply_once_and_replay() {
+        let b = Batch::new(vec![order("a", "hot", 1), order("a", "hot", 1)]);
+        let f = b.fold(&b.reads(vec![(item("hot"), stock(5, 1))]));
+        assert_eq!(outcomes(&f), ["200", "replayed:200"]);
+        // The replay depends on the commit of its first delivery.
+        assert_eq!(f.needs_commit, [true, true]);
+        assert_eq!(stock_writes(&f, &item("hot")).len(), 1);
+    }
+
+    #[test]
+    fn a_status_document_already_present_is_a_replay_and_writes_nothing() {
+        let first = Batch::new(vec![order("a", "hot", 1)]);
+        let f = first.fold(&first.reads(vec![(item("hot"), stock(5, 1))]));
+        let Ok(o) = &f.replies[0] else {
+            panic!("not decided")
+        };
+        let stored = firestore::FirestoreDb::serialize_to_doc("x", &o.record)
+            .unwrap()
+            .fields;
+        let again = Batch::new(vec![order("a", "hot", 1)]);
+        let mut read = again.reads(vec![(item("hot"), stock(4, 2))]);
+        read.insert(status(&again.ops[0]), Some((stored, Version::At(ts(2)))));
+        let f = again.fold(&read);
+        assert_eq!(outcomes(&f), ["replayed:200"]);
+        assert_eq!(f.needs_commit, [false]);
+        assert!(f.writes.is_empty());
+    }
+
+    #[test]
+    fn a_reused_key_is_refused_without_writes() {
+        let first = Batch::new(vec![order("a", "hot", 1)]);
+        let f = first.fold(&first.reads(vec![(item("hot"), stock(5, 1))]));
+        let Ok(o) = &f.replies[0] else {
+            panic!("not decided")
+        };
+        let stored = firestore::FirestoreDb::serialize_to_doc("x", &o.record)
+            .unwrap()
+            .fields;
+        let other = Batch::new(vec![order("a", "hot", 2), order("a", "hot", 2)]);
+        let mut read = other.reads(vec![(item("hot"), stock(4, 2))]);
+        read.insert(status(&other.ops[0]), Some((stored, Version::At(ts(2)))));
+        let f = other.fold(&read);
+        assert_eq!(outcomes(&f), ["key_reused", "key_reused"]);
+        assert!(f.writes.is_empty());
+    }
+
+    #[test]
+    fn an_update_of_a_document_read_missing_never_creates_it() {
+        let doc = item("gone");
+        let w = Write::update(doc.clone(), &Stock { stock: 1 }).unwrap();
+        let versions: Versions = [(doc.clone(), Version::Missing)].into();
+        let g = guard(vec![w], &versions, |_| true);
+        assert!(matches!(
+            &g[0],
+            Guarded::Write {
+                precondition: Precondition::Exists(true),
+                ..
+            }
+        ));
+    }
+}
