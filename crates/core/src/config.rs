@@ -1,5 +1,6 @@
 //! Configuration, read once from the environment as Cloud Run provides it.
 
+use crate::guard::Budget;
 use anyhow::{bail, Context};
 use std::time::Duration;
 
@@ -62,8 +63,17 @@ pub struct Config {
     /// `Operation::contention_marks`); with five, one batch in several N-instance bench runs
     /// gave up at startup.
     pub max_attempts: u32,
-    /// `ONCE_BATCH_MAX`: most operations folded into one transaction (group commit).
+    /// `ONCE_BATCH_MAX`: most operations folded into one commit (group commit), 1 to 500.
+    /// Large by default: under a document's write budget a hot item's lane commits about
+    /// once a second, and that commit must carry everything that arrived meanwhile.
     pub batch_max: usize,
+    /// `ONCE_MAX_COMMIT_WRITES`: most writes in one commit, at most 500 (Firestore's limit);
+    /// operations that do not fit wait for the next commit of their lane.
+    pub max_commit_writes: usize,
+    /// `ONCE_DOC_COMMITS_PER_SEC` and `ONCE_DOC_COMMIT_BURST`: the commit budget of each
+    /// document (default one a second, burst two: production Firestore's sustained figure,
+    /// see `guard::budget`); `ONCE_DOC_COMMITS_PER_SEC=off` lifts it, as the emulator does.
+    pub doc_budget: Option<Budget>,
     /// `ONCE_WORKER_THREADS`: runtime threads; 1 (default) runs everything on one thread,
     /// which costs the least CPU per order, 0 means one per core.
     pub worker_threads: usize,
@@ -74,12 +84,14 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `ONCE_RETRY_AFTER_SECS`: the `Retry-After` sent with a 503.
     pub retry_after_secs: u64,
-    /// `ONCE_MAX_IN_FLIGHT`: most work requests (`/tasks/{kind}` and every kind route) one instance works on at
-    /// once; the next is shed at once with 503 and `Retry-After`, before its body is read.
-    /// The default (200) is 2.5 times Cloud Run's default concurrency (80), so on a default
-    /// deployment Cloud Run's own limit bites first and this one only guards against a raised
-    /// concurrency setting or a flood outside Cloud Run; at the 1 MiB body limit it bounds
-    /// buffered bodies to 200 MiB, inside the smallest instance that runs this service well.
+    /// `ONCE_MAX_IN_FLIGHT`: most work requests (`/tasks/{kind}` and every kind route) one
+    /// instance works on at once; the next is shed at once with 503 and `Retry-After`, before
+    /// its body is read. The default (1,000) is Cloud Run's highest concurrency per instance:
+    /// under a document's write budget a hot item's requests wait up to about a second for
+    /// their commit, so a flash sale needs that many in flight (Little's law: 1,000 orders/s
+    /// at 1 s each). Cloud Run's own concurrency setting (80 by default) bites first; at the
+    /// 1 MiB body limit, 1,000 buffered bodies are 1 GiB, so deploy with 2 GiB when you raise
+    /// it (docs/deploy.md).
     pub max_in_flight: usize,
     /// `ONCE_LOG_FORMAT`: `json` or `text`; default json unless stdout is a terminal.
     pub log_format: LogFormat,
@@ -110,12 +122,14 @@ impl Default for Config {
             request_timeout: Duration::from_secs(8),
             firestore_timeout: Duration::from_secs(3),
             max_attempts: 8,
-            batch_max: 16,
+            batch_max: 500,
+            max_commit_writes: 500,
+            doc_budget: Some(Budget::PRODUCTION),
             worker_threads: 1,
             replay_cache_bytes: 4 * 1024 * 1024,
             max_body_bytes: 1024 * 1024,
             retry_after_secs: 1,
-            max_in_flight: 200,
+            max_in_flight: 1000,
             log_format: LogFormat::Json,
             metrics: true,
             shutdown_grace: Duration::from_millis(9000),
@@ -208,7 +222,16 @@ impl Config {
                 d.max_attempts,
             )?
             .max(1),
-            batch_max: parse("ONCE_BATCH_MAX", get("ONCE_BATCH_MAX"), d.batch_max)?.clamp(1, 100),
+            batch_max: parse("ONCE_BATCH_MAX", get("ONCE_BATCH_MAX"), d.batch_max)?.clamp(1, 500),
+            max_commit_writes: match parse(
+                "ONCE_MAX_COMMIT_WRITES",
+                get("ONCE_MAX_COMMIT_WRITES"),
+                d.max_commit_writes,
+            )? {
+                n @ 3..=500 => n,
+                n => bail!("ONCE_MAX_COMMIT_WRITES={n}: from 3 to 500 (Firestore's limit)"),
+            },
+            doc_budget: doc_budget(&get)?,
             worker_threads: parse(
                 "ONCE_WORKER_THREADS",
                 get("ONCE_WORKER_THREADS"),
@@ -254,6 +277,24 @@ impl Config {
         };
         Ok(cfg)
     }
+}
+
+/// `ONCE_DOC_COMMITS_PER_SEC` (a positive number, or `off`) and `ONCE_DOC_COMMIT_BURST`.
+fn doc_budget(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Budget>> {
+    let d = Budget::PRODUCTION;
+    let rate = get("ONCE_DOC_COMMITS_PER_SEC");
+    if matches!(rate.as_deref().map(str::trim), Some("off")) {
+        return Ok(None);
+    }
+    let per_sec: f64 = parse("ONCE_DOC_COMMITS_PER_SEC", rate, d.per_sec)?;
+    if !(per_sec > 0.0 && per_sec.is_finite()) {
+        bail!("ONCE_DOC_COMMITS_PER_SEC={per_sec}: a positive number of commits a second, or off");
+    }
+    let burst: f64 = parse("ONCE_DOC_COMMIT_BURST", get("ONCE_DOC_COMMIT_BURST"), d.burst)?;
+    if !(burst >= 1.0 && burst.is_finite()) {
+        bail!("ONCE_DOC_COMMIT_BURST={burst}: at least 1");
+    }
+    Ok(Some(Budget { per_sec, burst }))
 }
 
 /// The project ID: `GOOGLE_CLOUD_PROJECT` when set, else the metadata server, which is how
@@ -304,7 +345,9 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.retention, Duration::from_secs(35 * 86400));
         assert_eq!(c.shutdown_grace, Duration::from_secs(9));
-        assert_eq!(c.max_in_flight, 200);
+        assert_eq!(c.max_in_flight, 1000);
+        assert_eq!(c.doc_budget, Some(Budget::PRODUCTION));
+        assert_eq!((c.batch_max, c.max_commit_writes), (500, 500));
         let c = cfg(&[
             ("PORT", "9000"),
             ("GOOGLE_CLOUD_PROJECT", "p1"),
@@ -316,6 +359,8 @@ mod tests {
             ("ONCE_TASKS_COLLECTION", "t"),
             ("ONCE_LEASES_COLLECTION", "l"),
             ("ONCE_INSTANCE_ID", "rev-1"),
+            ("ONCE_DOC_COMMITS_PER_SEC", "10"),
+            ("ONCE_DOC_COMMIT_BURST", "4"),
         ])
         .unwrap();
         let cols = &c.collections;
@@ -330,6 +375,15 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.shutdown_grace, Duration::from_millis(1500));
         assert_eq!(c.max_in_flight, 16);
+        assert_eq!(
+            c.doc_budget,
+            Some(Budget {
+                per_sec: 10.0,
+                burst: 4.0
+            })
+        );
+        let off = cfg(&[("ONCE_DOC_COMMITS_PER_SEC", "off")]).unwrap();
+        assert_eq!(off.doc_budget, None);
     }
 
     #[test]
@@ -341,6 +395,10 @@ mod tests {
             ("ONCE_LOG_FORMAT", "xml"),
             ("ONCE_SHUTDOWN_GRACE_MS", "soon"),
             ("ONCE_MAX_IN_FLIGHT", "0"),
+            ("ONCE_DOC_COMMITS_PER_SEC", "0"),
+            ("ONCE_DOC_COMMITS_PER_SEC", "fast"),
+            ("ONCE_DOC_COMMIT_BURST", "0.5"),
+            ("ONCE_MAX_COMMIT_WRITES", "501"),
         ] {
             let e = cfg(&[(k, v)]).unwrap_err().to_string();
             assert!(e.contains(k), "{e}");

@@ -166,6 +166,8 @@ impl From<&Config> for GuardConfig {
             max_attempts: c.max_attempts,
             call_timeout: c.firestore_timeout,
             batch_max: c.batch_max,
+            max_writes: c.max_commit_writes,
+            budget: c.doc_budget,
             replay_cache_bytes: c.replay_cache_bytes,
             commit_from_known: c.commit_from_known,
         }

@@ -14,6 +14,7 @@ pub mod fulfil;
 pub mod invariants;
 pub mod openapi;
 pub mod order;
+pub mod placement;
 pub mod restock;
 pub mod stock;
 

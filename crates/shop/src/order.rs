@@ -7,7 +7,8 @@ use crate::config::ShopConfig;
 use firestore::FirestoreInstant;
 use firestore_once_core::engine::key::{hashed_id, is_valid_document_id, Fingerprint};
 use firestore_once_core::engine::{
-    Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, ValidationError, Write,
+    CommitReport, Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, ValidationError,
+    Write,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -361,38 +362,73 @@ impl Operation for Order {
             .collect()
     }
 
-    fn committed(&self, conflict: bool) {
-        let mut shard = None;
+    fn committed(&self, report: &CommitReport) {
+        let operation_id = hashed_id(self.kind(), &self.order_id);
+        // More waiting than one commit held: that many more commits a second are needed.
+        let overflow = report.full && report.waiting > 0 && !report.conflict;
+        let more = report.waiting.div_ceil(report.taken.max(1)) as u32;
         for (line, stock) in self.lines_with_stock() {
-            match stock.own() {
-                Some(k) => shard = Some(k),
-                // Refused on an item sold from its main document: another instance writes
-                // it too, so later orders here sell it from this instance's shard.
-                None if conflict && stock.shards() > 0 && self.placement.spread(&line.item_id) => {
-                    tracing::info!(
-                        operation_id = %hashed_id(self.kind(), &self.order_id),
-                        order_id = %self.order_id,
-                        item_id = %line.item_id,
-                        shard = self.placement.shard() % stock.shards(),
-                        outcome = "stock_spread",
-                        "item contended: later orders here sell it from this instance's stock shard"
-                    );
-                }
-                None => {}
+            let (item, k) = (line.item_id.as_str(), stock.shards());
+            if k == 0 {
+                continue;
             }
-        }
-        let Some(from) = shard else { return };
-        let shards = self.stocks.first().map_or(0, ItemStock::shards);
-        if let Some(to) = self.placement.observe(from, shards, conflict) {
-            tracing::warn!(
-                operation_id = %hashed_id(self.kind(), &self.order_id),
-                order_id = %self.order_id,
-                from_shard = from,
-                to_shard = to,
-                conflicts = super::stock::MOVE_AFTER_CONFLICTS,
-                outcome = "shard_moved",
-                "stock shard moved after repeated conflicts on it (another instance prefers it too)"
-            );
+            let max = (k / 2).max(1);
+            match stock.held().filter(|_| stock.own().is_some()) {
+                // Sold from the main document: leave it when one document is not enough.
+                None => {
+                    let why = if report.conflict {
+                        "another writer changed it"
+                    } else if report.throttled {
+                        "its write budget held the commit back"
+                    } else if overflow {
+                        "more orders waited than one commit holds"
+                    } else {
+                        continue;
+                    };
+                    if self.placement.spread(item, k) {
+                        let grown = overflow
+                            .then(|| self.placement.grow(item, k, more, max))
+                            .flatten();
+                        tracing::info!(
+                            operation_id = %operation_id,
+                            order_id = %self.order_id,
+                            item_id = %item,
+                            shards = ?grown.unwrap_or_else(|| self.placement.shards_of(item, k)),
+                            reason = why,
+                            outcome = "stock_spread",
+                            "item hot on its main document: later orders here sell it from this instance's stock shards"
+                        );
+                    }
+                }
+                Some(shard) => {
+                    if let Some(to) = self.placement.observe(item, k, shard, report.conflict) {
+                        tracing::warn!(
+                            operation_id = %operation_id,
+                            order_id = %self.order_id,
+                            item_id = %item,
+                            from_shard = shard,
+                            to_shard = to,
+                            conflicts = super::stock::MOVE_AFTER_CONFLICTS,
+                            outcome = "shard_moved",
+                            "stock shard moved after repeated conflicts on it (another instance holds it too)"
+                        );
+                    }
+                    if overflow {
+                        if let Some(set) = self.placement.grow(item, k, more, max) {
+                            tracing::info!(
+                                operation_id = %operation_id,
+                                order_id = %self.order_id,
+                                item_id = %item,
+                                shards = ?set,
+                                waiting = report.waiting,
+                                taken = report.taken,
+                                outcome = "stock_spread_more",
+                                "more orders waited than its shards' commits hold: spread over more shards"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -7,153 +7,32 @@
 //! `main + Σ shards`; see docs/scale-out.md ("Data") for the rules:
 //!
 //! - **Main first.** An item is sold from its main document, as without shards, until this
-//!   instance's commit on it is refused because another writer changed it (see
-//!   [`Placement`]): one instance alone never moves stock into shards.
-//! - **Own shard.** Once the item is contended, an instance takes from its own shard `k` when
-//!   it covers the line; the order then reads and writes that one document (the main
-//!   document is read only when the shard falls short).
+//!   instance's commits on it show that one document is not enough (see [`Placement`]).
+//! - **Own shards.** From then on an order takes from one shard `k` of this instance's set
+//!   for the item when it covers the line; the order then reads and writes that one
+//!   document (the main document is read only when the shard falls short).
 //! - **Refill.** Otherwise, when own shard + main cover it, one commit moves a chunk of
-//!   `max(needed, ceil(main / K))` units from main into the shard and takes the line.
+//!   `max(needed, ceil(main / K))` units from main into the shard, tops up every other shard
+//!   of the set that holds less than a chunk (so main, which sustains one write a second
+//!   like any document, is written once for the whole set), and takes the line.
 //! - **Gather.** Otherwise every shard is read (a second read, before any write) and the line
 //!   takes from the own shard (if any), then main, then the other shards in order, in ONE
 //!   commit with a precondition on each document it writes. If even the total cannot cover
 //!   the line, the rejection commits with every document read verified unchanged, so an
 //!   order is never rejected while the item's total covers it, and never oversold.
 
+use crate::placement::Pick;
+pub use crate::placement::{Placement, MOVE_AFTER_CONFLICTS};
 use firestore_once_core::engine::{DocRef, OpError, Snapshot, Write};
 use serde::Serialize;
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// The `stock` field of an item, read and written alone so other fields are kept.
 #[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
 pub struct Stock {
     /// Units available.
     pub stock: i64,
-}
-
-/// Conflicts in a row on the own shard after which an instance moves to another shard.
-pub const MOVE_AFTER_CONFLICTS: u32 = 3;
-
-/// Items remembered as contended; past this many, every item is treated as contended (the
-/// set is dropped), which keeps memory bounded and is always correct, only slower to start.
-pub const MAX_SPREAD_ITEMS: usize = 100_000;
-
-/// How this instance places stock, shared by every order it parses (clones share it).
-///
-/// **Which items use shards.** An item is sold from its main document, exactly as without
-/// shards, until a commit of this instance that wrote the main document is refused by a
-/// precondition: then someone else (another instance) writes it too, and from the next order
-/// on this instance sells the item from its own shard. One instance never conflicts with
-/// itself (its lanes serialise), so alone it never spreads an item and pays nothing for the
-/// shard layout. The decision is per item and per instance, and it sticks for the process.
-///
-/// **Which shard.** It starts at `hash(ONCE_INSTANCE_ID) mod K`, but instance IDs can
-/// collide mod K, and two instances on one shard conflict on nearly every commit (each wins
-/// about half the races). So after [`MOVE_AFTER_CONFLICTS`] commits in a row refused by a
-/// precondition, the instance moves to another shard picked at random; any commit that goes
-/// through resets the count. Neither choice matters for correctness: stock in any shard is
-/// part of the total and is sold by whoever prefers that shard, or gathered.
-#[derive(Clone, Default)]
-pub struct Placement(Arc<PlacementState>);
-
-#[derive(Default)]
-struct PlacementState {
-    current: AtomicU32,
-    conflicts: AtomicU32,
-    spread: Mutex<HashSet<String>>,
-    spread_all: AtomicBool,
-}
-
-impl Placement {
-    /// Prefer shard `k` (taken mod K where used); every item starts on its main document.
-    pub fn new(k: u32) -> Self {
-        let p = Self::default();
-        p.0.current.store(k, Ordering::Relaxed);
-        p
-    }
-
-    /// Sell every item from shards from its first order, without waiting for a conflict:
-    /// for tests of the shard rules, and for an instance that knows it is one of many.
-    pub fn spreading_every_item(self) -> Self {
-        self.0.spread_all.store(true, Ordering::Relaxed);
-        self
-    }
-
-    /// The shard preferred now.
-    pub fn shard(&self) -> u32 {
-        self.0.current.load(Ordering::Relaxed)
-    }
-
-    /// Whether orders for `item` parsed now take from the own shard.
-    pub fn is_spread(&self, item: &str) -> bool {
-        self.0.spread_all.load(Ordering::Relaxed)
-            || self.0.spread.lock().map_or(true, |set| set.contains(item))
-    }
-
-    /// A commit that wrote `item`'s main document was refused by a precondition: sell it from
-    /// shards from now on. True the first time (the caller logs it).
-    pub fn spread(&self, item: &str) -> bool {
-        if self.0.spread_all.load(Ordering::Relaxed) {
-            return false;
-        }
-        let Ok(mut set) = self.0.spread.lock() else {
-            self.0.spread_all.store(true, Ordering::Relaxed);
-            return true;
-        };
-        if set.len() >= MAX_SPREAD_ITEMS {
-            set.clear();
-            self.0.spread_all.store(true, Ordering::Relaxed);
-            return true;
-        }
-        set.insert(item.to_owned())
-    }
-
-    /// A commit that wrote to shard `shard` (of `shards`) went through, or was refused by a
-    /// precondition (`conflict`). Returns the new shard when this conflict moved the instance.
-    /// Reports about a shard already left are ignored.
-    pub fn observe(&self, shard: u32, shards: u32, conflict: bool) -> Option<u32> {
-        let s = &self.0;
-        let current = s.current.load(Ordering::Relaxed);
-        if shards < 2 || shard != current % shards {
-            return None;
-        }
-        if !conflict {
-            s.conflicts.store(0, Ordering::Relaxed);
-            return None;
-        }
-        if s.conflicts.fetch_add(1, Ordering::Relaxed) + 1 < MOVE_AFTER_CONFLICTS {
-            return None;
-        }
-        // Uniform among the other K - 1 shards.
-        let mut to = fastrand::u32(..shards - 1);
-        if to >= shard {
-            to += 1;
-        }
-        let moved = s
-            .current
-            .compare_exchange(current, to, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok();
-        s.conflicts.store(0, Ordering::Relaxed);
-        moved.then_some(to)
-    }
-}
-
-impl PartialEq for Placement {
-    fn eq(&self, other: &Self) -> bool {
-        self.shard() == other.shard()
-            && self.0.spread_all.load(Ordering::Relaxed)
-                == other.0.spread_all.load(Ordering::Relaxed)
-    }
-}
-
-impl Eq for Placement {}
-
-impl std::fmt::Debug for Placement {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Placement(shard {})", self.shard())
-    }
 }
 
 /// The documents that hold one item's stock. Shard references are made when needed: an
@@ -165,13 +44,17 @@ pub struct ItemStock {
     col: String,
     /// K.
     shards: u32,
-    /// The preferred shard, in 0..K.
-    own: u32,
-    /// Whether the item is sold from the own shard (contended) or from the main document,
-    /// asked at each call: an order queued before the item was found contended retries on
-    /// the shard. `None`: always the main document (restock reads every document anyway).
+    /// Where this instance sells the item from, asked at each call: an order queued before
+    /// the item was spread (or its set changed) picks again, and the guard moves it to its
+    /// new lane. `None`: always the main document (restock reads every document anyway).
     placement: Option<Placement>,
+    /// The pick this order holds (`epoch << 32 | shard`, [`NO_PICK`] for none), shared by
+    /// the order's clones.
+    held: Arc<AtomicU64>,
 }
+
+/// No pick held.
+const NO_PICK: u64 = u64::MAX;
 
 /// What taking `q` units decided.
 #[derive(Debug)]
@@ -193,10 +76,9 @@ pub fn shard_collection(items: &str, item_id: &str) -> String {
 }
 
 impl ItemStock {
-    /// Item `id` in `items`, spread over `shards` shard documents, placed by `placement`
-    /// (its shard now is this item's own shard; see [`Placement`]).
+    /// Item `id` in `items`, spread over at most `shards` shard documents, placed by
+    /// `placement` (see [`Placement`]).
     pub fn new(items: &str, id: &str, shards: u32, placement: Option<&Placement>) -> Self {
-        let own = placement.map_or(0, Placement::shard);
         Self {
             main: DocRef::new(items, id),
             col: if shards == 0 {
@@ -205,19 +87,45 @@ impl ItemStock {
                 shard_collection(items, id)
             },
             shards,
-            own: if shards == 0 { 0 } else { own % shards },
             placement: placement.filter(|_| shards > 0).cloned(),
+            held: Arc::new(AtomicU64::new(NO_PICK)),
         }
     }
 
-    /// The shard this item's orders take from first (its index), `None` when they take from
+    /// The shard this item's order takes from first (its index), `None` when it takes from
     /// the main document.
     pub fn own(&self) -> Option<u32> {
-        let spread = self
-            .placement
+        let placement = self.placement.as_ref()?;
+        let held = match self.held.load(Ordering::Relaxed) {
+            NO_PICK => None,
+            v => Some(((v >> 32) as u32, v as u32)),
+        };
+        let pick: Pick = placement.pick(&self.main.id, self.shards, held)?;
+        if Some(pick) != held {
+            let v = (u64::from(pick.0) << 32) | u64::from(pick.1);
+            self.held.store(v, Ordering::Relaxed);
+        }
+        Some(pick.1)
+    }
+
+    /// The shard this order's last pick named, without picking again (what its last commit
+    /// wrote); `None` while it sells from the main document.
+    pub fn held(&self) -> Option<u32> {
+        match self.held.load(Ordering::Relaxed) {
+            NO_PICK => None,
+            v => Some(v as u32),
+        }
+    }
+
+    /// This instance's shards of the item (the own one among them), as documents.
+    fn own_set(&self) -> Vec<DocRef> {
+        self.placement
             .as_ref()
-            .is_some_and(|p| p.is_spread(&self.main.id));
-        spread.then_some(self.own)
+            .map(|p| p.shards_of(&self.main.id, self.shards))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|k| self.shard(k))
+            .collect()
     }
 
     fn shard(&self, k: u32) -> DocRef {
@@ -226,6 +134,11 @@ impl ItemStock {
 
     fn own_doc(&self) -> Option<DocRef> {
         self.own().map(|k| self.shard(k))
+    }
+
+    /// The id of the item.
+    pub fn id(&self) -> &str {
+        &self.main.id
     }
 
     /// K, the shard documents the item may have (0: the main document alone).
@@ -304,6 +217,40 @@ impl ItemStock {
         }
     }
 
+    /// Move stock from main into the own shard (at least what the line lacks, at least a
+    /// chunk of `ceil(main / K)`), top up the set's other shards that hold less than a chunk,
+    /// and take `q` from the own shard: one write to main for the whole set.
+    fn refill(
+        &self,
+        snapshot: &Snapshot,
+        own_doc: &DocRef,
+        own: i64,
+        main: i64,
+        q: i64,
+    ) -> Result<Vec<Write>, OpError> {
+        let others: Vec<DocRef> = self
+            .own_set()
+            .into_iter()
+            .filter(|d| d != own_doc)
+            .collect();
+        snapshot.require(&others)?;
+        let k = i64::from(self.shards);
+        let chunk = (main + k - 1) / k;
+        let to_own = (q - own).max(chunk).min(main);
+        let mut left = main - to_own;
+        let mut writes = vec![Self::write(snapshot, own_doc, own + to_own - q)?];
+        for d in &others {
+            let have = Self::units(snapshot, d)?.unwrap_or(0);
+            let give = (chunk - have).clamp(0, left);
+            if give > 0 {
+                left -= give;
+                writes.push(Self::write(snapshot, d, have + give)?);
+            }
+        }
+        writes.insert(0, Write::update(self.main.clone(), &Stock { stock: left })?);
+        Ok(writes)
+    }
+
     /// Take `q` units (see the module rules).
     pub fn take(&self, snapshot: &Snapshot, q: i64) -> Result<Take, OpError> {
         let own_doc = self.own_doc();
@@ -332,17 +279,7 @@ impl ItemStock {
             Some(own_doc) => {
                 let own = Self::units(snapshot, own_doc)?.unwrap_or(0);
                 if own.saturating_add(main) >= q {
-                    let k = i64::from(self.shards);
-                    let chunk = (q - own).max((main + k - 1) / k).min(main);
-                    return Ok(Take::Writes(vec![
-                        Write::update(
-                            self.main.clone(),
-                            &Stock {
-                                stock: main - chunk,
-                            },
-                        )?,
-                        Self::write(snapshot, own_doc, own + chunk - q)?,
-                    ]));
+                    return self.refill(snapshot, own_doc, own, main, q).map(Take::Writes);
                 }
             }
         }
@@ -356,7 +293,7 @@ impl ItemStock {
         }
         let mut left = q;
         let mut writes = Vec::new();
-        let own = own_doc.is_some().then_some(self.own);
+        let own = own_doc.as_ref().and_then(|d| d.id.parse::<u32>().ok());
         let others = (0..self.shards)
             .filter(|k| Some(*k) != own)
             .map(|k| self.shard(k));
@@ -438,6 +375,43 @@ mod tests {
     }
 
     #[test]
+    fn a_refill_tops_up_every_shard_of_the_set_in_one_write_to_main() {
+        let p = Placement::new(1);
+        assert!(p.spread("a", 4));
+        let set = p.grow("a", 4, 2, 4).unwrap();
+        assert_eq!(set.len(), 3);
+        let it = ItemStock::new("items", "a", 4, Some(&p));
+        let own = it.own().unwrap();
+        let sh = |k: u32| DocRef::new("items/a/shards", k.to_string());
+        let others: Vec<DocRef> = set.iter().filter(|k| **k != own).map(|k| sh(*k)).collect();
+        // The own shard is empty: the set's other shards are read before deciding.
+        let s = snap(vec![(it.main().clone(), n(100)), (sh(own), None)]);
+        match it.take(&s, 2) {
+            Err(OpError::ReadMore { docs }) => assert_eq!(docs, others),
+            other => panic!("{other:?}"),
+        }
+        // One of them still holds 10, the other nothing: both reach a chunk of 25.
+        let mut s = snap(vec![
+            (it.main().clone(), n(100)),
+            (sh(own), None),
+            (others[0].clone(), n(10)),
+            (others[1].clone(), None),
+        ]);
+        let t = it.take(&s, 2).unwrap();
+        let written = after(&mut s, t);
+        assert_eq!(written.iter().filter(|d| *d == it.main()).count(), 1);
+        assert_eq!(units(&s, &sh(own)), 23);
+        assert_eq!((units(&s, &others[0]), units(&s, &others[1])), (25, 25));
+        assert_eq!(units(&s, it.main()), 100 - 25 - 15 - 25);
+        // Nothing made or lost: 100 + 10 before, 2 taken.
+        let sum: i64 = [it.main().clone(), sh(own), others[0].clone(), others[1].clone()]
+            .iter()
+            .map(|d| units(&s, d))
+            .sum();
+        assert_eq!(sum, 108);
+    }
+
+    #[test]
     fn the_last_units_are_gathered_across_shards() {
         let it = ItemStock::new(
             "items",
@@ -468,33 +442,6 @@ mod tests {
         ));
         for d in it.all() {
             assert!(units(&s, &d) >= 0);
-        }
-    }
-
-    #[test]
-    fn repeated_conflicts_move_to_another_shard() {
-        let own = Placement::new(5);
-        let shared = own.clone();
-        // Shard 5 mod 4 = 1. Two conflicts, a commit that went through, two more: no move.
-        for conflict in [true, true, false, true, true] {
-            assert_eq!(own.observe(1, 4, conflict), None);
-        }
-        // Reports about another shard are ignored.
-        assert_eq!(own.observe(2, 4, true), None);
-        // The third conflict in a row moves it, to another shard; clones see the move.
-        let to = own.observe(1, 4, true).unwrap();
-        assert_ne!(to, 1);
-        assert!(to < 4);
-        assert_eq!(shared.shard(), to);
-        // Late reports about the shard it left change nothing.
-        for _ in 0..MOVE_AFTER_CONFLICTS {
-            assert_eq!(own.observe(1, 4, true), None);
-        }
-        assert_eq!(own.shard(), to);
-        // One shard (or none): nowhere to go.
-        let one = Placement::new(0);
-        for _ in 0..10 {
-            assert_eq!(one.observe(0, 1, true), None);
         }
     }
 
@@ -553,9 +500,9 @@ mod tests {
             panic!()
         };
         assert_eq!(w.iter().map(|w| &w.doc).collect::<Vec<_>>(), [it.main()]);
-        // Found contended (by another order's conflict) mid-attempt: the same line now asks
-        // for its own shard before deciding, and its next attempt reads the shard first.
-        assert!(placement.spread("a"));
+        // Found hot (by another order's commit) mid-attempt: the same line now asks for its
+        // own shard before deciding, and its next attempt reads the shard first.
+        assert!(placement.spread("a", 3));
         match it.take(&lots, 7) {
             Err(OpError::ReadMore { docs }) => assert_eq!(docs, [sh(1)]),
             other => panic!("{other:?}"),
@@ -563,23 +510,4 @@ mod tests {
         assert_eq!(it.reads(), [sh(1)]);
     }
 
-    #[test]
-    fn a_conflict_on_main_spreads_that_item_only() {
-        let p = Placement::new(2);
-        let shared = p.clone();
-        assert!(!p.is_spread("hot"));
-        assert!(p.spread("hot"));
-        // Told again (another queued order): already spread, nothing to log.
-        assert!(!p.spread("hot"));
-        assert!(shared.is_spread("hot"));
-        assert!(!shared.is_spread("cold"));
-        // Memory stays bounded: past the cap every item counts as contended.
-        for i in 0..MAX_SPREAD_ITEMS {
-            p.spread(&format!("i{i}"));
-        }
-        assert!(p.is_spread("never-seen"));
-        let all = Placement::new(0).spreading_every_item();
-        assert!(all.is_spread("anything"));
-        assert!(!all.spread("anything"));
-    }
 }

@@ -53,6 +53,7 @@ impl Registry {
     /// field that does not fit is a 400 naming its path (`poll`, `lines[2].quantity`).
     pub fn register_kind<K: Kind>(&mut self) -> &mut Self {
         self.register(K::KIND, |body, ctx| {
+            super::parse::object(body)?;
             let value: K = serde_path_to_error::deserialize(body).map_err(|e| {
                 let path = e.path().to_string();
                 let field = if path == "." {

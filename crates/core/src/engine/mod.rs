@@ -23,7 +23,8 @@ pub use delivery::DeliveryMeta;
 pub use key::{hashed_id, is_valid_document_id, Fingerprint};
 pub use kind::{DocId, Kind};
 pub use operation::{
-    Decision, DocRef, Fields, OpError, Operation, Rejection, Snapshot, Write, WriteKind,
+    CommitReport, Decision, DocRef, Fields, OpError, Operation, Rejection, Snapshot, Write,
+    WriteKind,
 };
 pub use parse::{
     doc_id_field, object, positive_field, ParseCtx, Parsed, Registry, ValidationError,

@@ -249,6 +249,25 @@ impl Write {
             kind: WriteKind::Delete,
         }
     }
+
+    /// Whether this write can be merged into an earlier create, replace or update of the
+    /// same document in one commit: an update, whose fields then win.
+    pub fn mergeable(&self) -> bool {
+        matches!(self.kind, WriteKind::Update(_))
+    }
+
+    /// Merge `later`, an update of the same document, into this write: the document ends as
+    /// Firestore applying both in order would leave it, written once.
+    pub fn merge(&mut self, later: Write) {
+        if let WriteKind::Update(fields) = later.kind {
+            match &mut self.kind {
+                WriteKind::Create(m) | WriteKind::Set(m) | WriteKind::Update(m) => {
+                    m.extend(fields)
+                }
+                WriteKind::Delete => {}
+            }
+        }
+    }
 }
 
 /// A rejection the business rules made: durable, stored and replayed, never retried.
@@ -306,6 +325,24 @@ impl Decision {
     }
 }
 
+/// What one commit attempt said about the load on the documents of its batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitReport {
+    /// Another writer came first: a precondition refused the commit, or Firestore answered
+    /// it with contention. Nothing was written; the batch is decided again on fresh reads.
+    pub conflict: bool,
+    /// The commit waited for a document's write budget: the documents are as busy as one
+    /// document may be.
+    pub throttled: bool,
+    /// Operations left waiting on the same documents when the batch was taken, those the
+    /// commit could not hold included.
+    pub waiting: usize,
+    /// Operations the commit held.
+    pub taken: usize,
+    /// The batch was as large as one commit may be (operations or writes).
+    pub full: bool,
+}
+
 /// A unit of work that must take effect exactly once.
 ///
 /// Implement it for your own kind and hand it to [`crate::guard::Guard::run`]: the guard reads
@@ -330,11 +367,12 @@ pub trait Operation: Send + Sync + 'static {
     /// transaction, or fold it over a batch.
     fn decide(&self, snapshot: &Snapshot) -> Result<Decision, OpError>;
     /// Told after each commit attempt of a batch this operation's reply depended on (once per
-    /// commit, on the batch's first such operation: all of a batch read the same documents);
-    /// `conflict` when a precondition refused it (nothing written, decided again on fresh
-    /// reads). An order uses it to leave a stock shard another instance also prefers; most
-    /// operations ignore it.
-    fn committed(&self, _conflict: bool) {}
+    /// commit, on the batch's first such operation: all of a batch read the same documents),
+    /// with what the attempt said about the load on those documents: refused by another
+    /// writer, held back by a document's write budget, more work waiting than one commit
+    /// holds. A kind that spreads hot data uses it to move or spread (the shop's orders move
+    /// a hot item's stock to shards); most operations ignore it.
+    fn committed(&self, _report: &CommitReport) {}
     /// Writes that tell other writers this instance is being refused: committed alone,
     /// best effort, after a batch's commits were refused twice in a row (and again later).
     /// Optimistic commits have no fairness: an instance that commits from what it knows

@@ -12,6 +12,12 @@
 //! - a batch that stores a rejection also *verifies* every business document it read and does
 //!   not write (see [`Guarded::Verify`]), so no rejection rests on a stale read.
 //!
+//! The commit stays inside Firestore's limit of writes per commit: the writes of one batch
+//! to the same document are merged into one (a hot item's stock is written once per commit,
+//! however many orders it serves), and operations past the limit are left for the next
+//! batch ([`Folded::taken`]). An operation that alone needs more writes than one commit can
+//! hold is refused durably (`too_many_writes`), since no retry could ever apply it.
+//!
 //! No I/O, no clock: `now` is given, so the fold is tested here without an emulator.
 
 use super::{GuardError, Reply, Unavailable};
@@ -106,12 +112,17 @@ pub struct FoldCtx<'a> {
     pub retention: Duration,
     /// Decision time of the whole batch.
     pub now: FirestoreInstant,
+    /// Most writes one commit may carry (Firestore: 500).
+    pub max_writes: usize,
 }
 
 /// The fold's result.
 #[derive(Debug)]
 pub struct Folded {
-    /// One reply per operation, valid once the commit succeeds (if `needs_commit`).
+    /// How many operations, from the first, this commit serves; the rest did not fit in
+    /// `max_writes` and wait for the next batch.
+    pub taken: usize,
+    /// One reply per operation taken, valid once the commit succeeds (if `needs_commit`).
     pub replies: Vec<Reply>,
     /// Whether each reply depends on the commit (a fresh decision, or a replay of an
     /// operation decided earlier in the same batch).
@@ -147,19 +158,82 @@ pub fn split(read: HashMap<DocRef, ReadDoc>) -> (Vec<(DocRef, Option<Fields>)>, 
 /// Version of every document read.
 pub type Versions = HashMap<DocRef, Version>;
 
-/// Decide every entry in order on one evolving `snapshot` of what was read at `versions`.
+/// Writes of a commit being built: one per document where they merge (see `push`).
+#[derive(Default)]
+struct PendingWrites {
+    writes: Vec<Write>,
+    /// Index in `writes` of each document's mergeable write.
+    at: HashMap<DocRef, usize>,
+}
+
+impl PendingWrites {
+    /// How many entries `ws` would add (an update of a document already written merges).
+    fn added(&self, ws: &[Write]) -> usize {
+        let mut local: HashSet<&DocRef> = HashSet::new();
+        let mut gone: HashSet<&DocRef> = HashSet::new();
+        let mut n = 0;
+        for w in ws {
+            let target = local.contains(&w.doc)
+                || (self.at.contains_key(&w.doc) && !gone.contains(&w.doc));
+            if w.mergeable() && target {
+                continue;
+            }
+            n += 1;
+            match w.kind {
+                WriteKind::Delete => {
+                    local.remove(&w.doc);
+                    gone.insert(&w.doc);
+                }
+                _ => {
+                    local.insert(&w.doc);
+                }
+            }
+        }
+        n
+    }
+
+    /// Add `w`: an update of a document this commit already creates, replaces or updates is
+    /// merged into that write (the later value of each field wins, as Firestore applying
+    /// both in order would leave it), so the document is written once.
+    fn push(&mut self, w: Write) {
+        if w.mergeable() {
+            if let Some(&i) = self.at.get(&w.doc) {
+                self.writes[i].merge(w);
+                return;
+            }
+        }
+        match w.kind {
+            WriteKind::Create(_) | WriteKind::Set(_) | WriteKind::Update(_) => {
+                self.at.insert(w.doc.clone(), self.writes.len());
+            }
+            WriteKind::Delete => {
+                self.at.remove(&w.doc);
+            }
+        }
+        self.writes.push(w);
+    }
+}
+
+/// Decide every entry in order on one evolving `snapshot` of what was read at `versions`,
+/// taking entries while their writes fit in `ctx.max_writes`.
 pub fn fold(
     entries: &[Entry<'_>],
     mut snapshot: Snapshot,
     versions: &Versions,
     ctx: &FoldCtx<'_>,
 ) -> Folded {
-    let mut writes: Vec<Write> = Vec::new();
+    let mut writes = PendingWrites::default();
     let mut decided: HashMap<&str, StatusRecord> = HashMap::new();
     let mut replies: Vec<Reply> = Vec::with_capacity(entries.len());
     let mut needs_commit: Vec<bool> = Vec::with_capacity(entries.len());
     let mut more_reads: BTreeSet<DocRef> = BTreeSet::new();
     let mut rejected = false;
+    // Business documents read: a commit with a rejection verifies those it does not write.
+    let read_business = versions
+        .keys()
+        .filter(|d| d.collection != ctx.operations)
+        .count();
+    let mut taken = 0;
     for e in entries {
         let fingerprint = e.op.fingerprint().to_hex();
         let status_ref = DocRef::new(ctx.operations, e.operation_id);
@@ -170,6 +244,7 @@ pub fn fold(
                 Err(err) => {
                     replies.push(Err(err.into()));
                     needs_commit.push(false);
+                    taken += 1;
                     continue;
                 }
             },
@@ -188,22 +263,49 @@ pub fn fold(
                     operation_id: e.operation_id.to_string(),
                 })
             });
+            taken += 1;
             continue;
         }
-        let decision = match e.op.decide(&snapshot) {
+        let mut decision = match e.op.decide(&snapshot) {
             Ok(d) => d,
             Err(OpError::ReadMore { docs }) => {
                 more_reads.extend(docs.into_iter().filter(|d| !versions.contains_key(d)));
                 replies.push(Err(GuardError::Unavailable(Unavailable::ReadMore)));
                 needs_commit.push(false);
+                taken += 1;
                 continue;
             }
             Err(err) => {
                 replies.push(Err(err.into()));
                 needs_commit.push(false);
+                taken += 1;
                 continue;
             }
         };
+        // Room for this operation: its writes, its status document, and (for a rejection)
+        // a verification of every business document read, counted whole to stay on the
+        // safe side.
+        let (op_writes, rejects) = match &decision {
+            Decision::Apply { writes, .. } => (writes.as_slice(), false),
+            Decision::Reject(_) => (&[][..], true),
+        };
+        let verify = if rejected || rejects { read_business } else { 0 };
+        let needed = writes.writes.len() + writes.added(op_writes) + 1 + verify;
+        if needed > ctx.max_writes {
+            if taken > 0 {
+                break;
+            }
+            // Alone and still too big: no commit could ever hold it.
+            let n = op_writes.len() + 1;
+            decision = Decision::reject(
+                "too_many_writes",
+                format!(
+                    "this operation writes {n} documents; one Firestore commit holds at most {}",
+                    ctx.max_writes
+                ),
+                serde_json::json!({"writes": n, "max_writes": ctx.max_writes}),
+            );
+        }
         let record = record::build(
             RecordInput {
                 operation_id: e.operation_id,
@@ -221,6 +323,7 @@ pub fn fold(
             Err(err) => {
                 replies.push(Err(err.into()));
                 needs_commit.push(false);
+                taken += 1;
                 continue;
             }
         };
@@ -243,15 +346,19 @@ pub fn fold(
             from_cache: false,
         }));
         needs_commit.push(true);
+        taken += 1;
     }
     let more_reads: Vec<DocRef> = more_reads.into_iter().collect();
-    let writes = if writes.is_empty() || !more_reads.is_empty() {
+    let writes = if writes.writes.is_empty() || !more_reads.is_empty() {
         Vec::new()
     } else {
         let operations = ctx.operations;
-        guard(writes, versions, |d| rejected && d.collection != operations)
+        guard(writes.writes, versions, |d| {
+            rejected && d.collection != operations
+        })
     };
     Folded {
+        taken,
         replies,
         needs_commit,
         writes,
@@ -308,20 +415,20 @@ mod tests {
     use serde::{Deserialize, Serialize};
     use serde_json::json;
 
-    /// A stock level, the document the test operation takes from.
+    /// A counter, the document the test operation takes from.
     #[derive(Serialize, Deserialize)]
-    struct Stock {
-        stock: i64,
+    struct Level {
+        n: i64,
     }
 
-    /// Take `q` units of `item` once per `id`: the smallest operation with a rejection.
-    struct Order {
+    /// Take `q` units of `counter` once per `id`: the smallest operation with a rejection.
+    struct Take {
         id: String,
-        item: String,
+        counter: String,
         q: i64,
     }
 
-    impl Operation for Order {
+    impl Operation for Take {
         fn kind(&self) -> &'static str {
             "take"
         }
@@ -329,18 +436,18 @@ mod tests {
             &self.id
         }
         fn fingerprint(&self) -> crate::engine::Fingerprint {
-            crate::engine::Fingerprint::of("take", &(&self.item, self.q))
+            crate::engine::Fingerprint::of("take", &(&self.counter, self.q))
         }
         fn reads(&self) -> Vec<DocRef> {
-            vec![item(&self.item)]
+            vec![counter(&self.counter)]
         }
         fn decide(&self, snap: &Snapshot) -> Result<Decision, OpError> {
-            let doc = item(&self.item);
-            match snap.get::<Stock>(&doc)? {
-                Some(s) if s.stock >= self.q => Ok(Decision::apply(vec![Write::update(
+            let doc = counter(&self.counter);
+            match snap.get::<Level>(&doc)? {
+                Some(s) if s.n >= self.q => Ok(Decision::apply(vec![Write::update(
                     doc,
-                    &Stock {
-                        stock: s.stock - self.q,
+                    &Level {
+                        n: s.n - self.q,
                     },
                 )?])),
                 _ => Ok(Decision::reject("short", "not enough".into(), json!({}))),
@@ -355,42 +462,44 @@ mod tests {
         }
     }
 
-    fn stock(n: i64, at: i64) -> ReadDoc {
-        let f = firestore::FirestoreDb::serialize_to_doc("x", &json!({"stock": n}))
+    fn level(n: i64, at: i64) -> ReadDoc {
+        let f = firestore::FirestoreDb::serialize_to_doc("x", &json!({"n": n}))
             .unwrap()
             .fields;
         Some((f, Version::At(ts(at))))
     }
 
-    fn order(id: &str, item: &str, q: i64) -> Order {
-        Order {
+    fn take(id: &str, c: &str, q: i64) -> Take {
+        Take {
             id: id.into(),
-            item: item.into(),
+            counter: c.into(),
             q,
         }
     }
 
-    fn item(id: &str) -> DocRef {
-        DocRef::new("items", id)
+    fn counter(id: &str) -> DocRef {
+        DocRef::new("counters", id)
     }
 
-    fn status(op: &Order) -> DocRef {
+    fn status(op: &Take) -> DocRef {
         DocRef::new("operations", operation_id(op))
     }
 
     struct Batch {
-        ops: Vec<Order>,
+        ops: Vec<Take>,
         ids: Vec<String>,
         meta: DeliveryMeta,
+        max_writes: usize,
     }
 
     impl Batch {
-        fn new(ops: Vec<Order>) -> Self {
+        fn new(ops: Vec<Take>) -> Self {
             let ids = ops.iter().map(|o| operation_id(o)).collect();
             Self {
                 ops,
                 ids,
                 meta: DeliveryMeta::default(),
+                max_writes: 500,
             }
         }
 
@@ -421,6 +530,7 @@ mod tests {
                     operations: "operations",
                     retention: Duration::from_secs(3600),
                     now: FirestoreInstant::now(),
+                    max_writes: self.max_writes,
                 },
             )
         }
@@ -439,8 +549,8 @@ mod tests {
         f.replies.iter().map(outcome).collect()
     }
 
-    /// The stock each write leaves on `doc`, in commit order.
-    fn stock_writes(f: &Folded, doc: &DocRef) -> Vec<(i64, Precondition)> {
+    /// The level each write leaves on `doc`, in commit order.
+    fn level_writes(f: &Folded, doc: &DocRef) -> Vec<(i64, Precondition)> {
         f.writes
             .iter()
             .filter_map(|g| match g {
@@ -456,8 +566,8 @@ mod tests {
                         FirestoreInstant::now(),
                         [(doc.clone(), Some(fields.clone()))],
                     );
-                    let s: Stock = snap.get(doc).ok()??;
-                    Some((s.stock, precondition.clone()))
+                    let s: Level = snap.get(doc).ok()??;
+                    Some((s.n, precondition.clone()))
                 }
                 _ => None,
             })
@@ -467,20 +577,18 @@ mod tests {
     #[test]
     fn a_batch_straddling_the_last_unit_takes_it_once_and_rejects_the_rest() {
         let b = Batch::new(vec![
-            order("a", "hot", 1),
-            order("b", "hot", 1),
-            order("c", "hot", 1),
+            take("a", "hot", 1),
+            take("b", "hot", 1),
+            take("c", "hot", 1),
         ]);
-        let f = b.fold(&b.reads(vec![(item("hot"), stock(2, 7))]));
+        let f = b.fold(&b.reads(vec![(counter("hot"), level(2, 7))]));
         assert_eq!(outcomes(&f), ["200", "200", "409"]);
         assert_eq!(f.needs_commit, [true, true, true]);
-        // The first write carries the read version; the second builds on it in the commit.
+        assert_eq!(f.taken, 3);
+        // Both takes merge into one write, which carries the read version.
         assert_eq!(
-            stock_writes(&f, &item("hot")),
-            [
-                (1, Precondition::UpdateTime(ts(7))),
-                (0, Precondition::Exists(true))
-            ]
+            level_writes(&f, &counter("hot")),
+            [(0, Precondition::UpdateTime(ts(7)))]
         );
         // Three new status documents, each created once.
         let created = f
@@ -492,14 +600,14 @@ mod tests {
             })
             .count();
         assert_eq!(created, 3);
-        // The item is written, so the rejection is covered by that write's precondition.
+        // The counter is written, so the rejection is covered by that write's precondition.
         assert!(!f.writes.iter().any(|g| matches!(g, Guarded::Verify { .. })));
     }
 
     #[test]
     fn a_rejection_verifies_the_documents_it_read() {
-        let b = Batch::new(vec![order("a", "x", 5), order("b", "y", 1)]);
-        let f = b.fold(&b.reads(vec![(item("x"), stock(3, 4)), (item("y"), None)]));
+        let b = Batch::new(vec![take("a", "x", 5), take("b", "y", 1)]);
+        let f = b.fold(&b.reads(vec![(counter("x"), level(3, 4)), (counter("y"), None)]));
         assert_eq!(outcomes(&f), ["409", "409"]);
         let verified: Vec<(&DocRef, &Version)> = f
             .writes
@@ -512,8 +620,8 @@ mod tests {
         assert_eq!(
             verified,
             [
-                (&item("x"), &Version::At(ts(4))),
-                (&item("y"), &Version::Missing)
+                (&counter("x"), &Version::At(ts(4))),
+                (&counter("y"), &Version::Missing)
             ]
         );
     }
@@ -521,41 +629,41 @@ mod tests {
     #[test]
     fn a_rejection_mid_batch_leaves_the_others_applied() {
         let b = Batch::new(vec![
-            order("a", "hot", 2),
-            order("b", "hot", 5),
-            order("c", "hot", 1),
+            take("a", "hot", 2),
+            take("b", "hot", 5),
+            take("c", "hot", 1),
         ]);
-        let f = b.fold(&b.reads(vec![(item("hot"), stock(3, 1))]));
+        let f = b.fold(&b.reads(vec![(counter("hot"), level(3, 1))]));
         assert_eq!(outcomes(&f), ["200", "409", "200"]);
-        let left: Vec<i64> = stock_writes(&f, &item("hot"))
+        let left: Vec<i64> = level_writes(&f, &counter("hot"))
             .into_iter()
             .map(|w| w.0)
             .collect();
-        assert_eq!(left, [1, 0]);
+        assert_eq!(left, [0]);
     }
 
     #[test]
     fn duplicates_inside_one_batch_apply_once_and_replay() {
-        let b = Batch::new(vec![order("a", "hot", 1), order("a", "hot", 1)]);
-        let f = b.fold(&b.reads(vec![(item("hot"), stock(5, 1))]));
+        let b = Batch::new(vec![take("a", "hot", 1), take("a", "hot", 1)]);
+        let f = b.fold(&b.reads(vec![(counter("hot"), level(5, 1))]));
         assert_eq!(outcomes(&f), ["200", "replayed:200"]);
         // The replay depends on the commit of its first delivery.
         assert_eq!(f.needs_commit, [true, true]);
-        assert_eq!(stock_writes(&f, &item("hot")).len(), 1);
+        assert_eq!(level_writes(&f, &counter("hot")).len(), 1);
     }
 
     #[test]
     fn a_status_document_already_present_is_a_replay_and_writes_nothing() {
-        let first = Batch::new(vec![order("a", "hot", 1)]);
-        let f = first.fold(&first.reads(vec![(item("hot"), stock(5, 1))]));
+        let first = Batch::new(vec![take("a", "hot", 1)]);
+        let f = first.fold(&first.reads(vec![(counter("hot"), level(5, 1))]));
         let Ok(o) = &f.replies[0] else {
             panic!("not decided")
         };
         let stored = firestore::FirestoreDb::serialize_to_doc("x", &o.record)
             .unwrap()
             .fields;
-        let again = Batch::new(vec![order("a", "hot", 1)]);
-        let mut read = again.reads(vec![(item("hot"), stock(4, 2))]);
+        let again = Batch::new(vec![take("a", "hot", 1)]);
+        let mut read = again.reads(vec![(counter("hot"), level(4, 2))]);
         read.insert(status(&again.ops[0]), Some((stored, Version::At(ts(2)))));
         let f = again.fold(&read);
         assert_eq!(outcomes(&f), ["replayed:200"]);
@@ -565,16 +673,16 @@ mod tests {
 
     #[test]
     fn a_reused_key_is_refused_without_writes() {
-        let first = Batch::new(vec![order("a", "hot", 1)]);
-        let f = first.fold(&first.reads(vec![(item("hot"), stock(5, 1))]));
+        let first = Batch::new(vec![take("a", "hot", 1)]);
+        let f = first.fold(&first.reads(vec![(counter("hot"), level(5, 1))]));
         let Ok(o) = &f.replies[0] else {
             panic!("not decided")
         };
         let stored = firestore::FirestoreDb::serialize_to_doc("x", &o.record)
             .unwrap()
             .fields;
-        let other = Batch::new(vec![order("a", "hot", 2), order("a", "hot", 2)]);
-        let mut read = other.reads(vec![(item("hot"), stock(4, 2))]);
+        let other = Batch::new(vec![take("a", "hot", 2), take("a", "hot", 2)]);
+        let mut read = other.reads(vec![(counter("hot"), level(4, 2))]);
         read.insert(status(&other.ops[0]), Some((stored, Version::At(ts(2)))));
         let f = other.fold(&read);
         assert_eq!(outcomes(&f), ["key_reused", "key_reused"]);
@@ -583,8 +691,8 @@ mod tests {
 
     #[test]
     fn an_update_of_a_document_read_missing_never_creates_it() {
-        let doc = item("gone");
-        let w = Write::update(doc.clone(), &Stock { stock: 1 }).unwrap();
+        let doc = counter("gone");
+        let w = Write::update(doc.clone(), &Level { n: 1 }).unwrap();
         let versions: Versions = [(doc.clone(), Version::Missing)].into();
         let g = guard(vec![w], &versions, |_| true);
         assert!(matches!(
@@ -594,5 +702,40 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_write_limit_and_leaves_the_rest() {
+        // Each take writes the counter (merged) and its own status document: 1 + n writes.
+        let mut b = Batch::new((0..10).map(|i| take(&format!("t{i}"), "hot", 1)).collect());
+        b.max_writes = 6;
+        let f = b.fold(&b.reads(vec![(counter("hot"), level(100, 1))]));
+        assert_eq!(f.taken, 5);
+        assert_eq!(f.replies.len(), 5);
+        assert_eq!(f.writes.len(), 6);
+        assert_eq!(level_writes(&f, &counter("hot")), [(95, Precondition::UpdateTime(ts(1)))]);
+        // A rejection counts a verification of every document read.
+        let mut b = Batch::new(vec![take("a", "x", 1), take("b", "y", 1), take("c", "x", 9)]);
+        b.max_writes = 5;
+        let f = b.fold(&b.reads(vec![(counter("x"), level(5, 1)), (counter("y"), level(5, 1))]));
+        assert_eq!(f.taken, 2);
+        assert!(f.writes.len() <= 5);
+    }
+
+    #[test]
+    fn an_operation_too_big_for_any_commit_is_refused_durably() {
+        let mut b = Batch::new(vec![take("a", "hot", 1), take("b", "hot", 1)]);
+        b.max_writes = 1;
+        let f = b.fold(&b.reads(vec![(counter("hot"), level(5, 1))]));
+        // Alone it still cannot fit: refused once and for all, with only its status written.
+        assert_eq!(f.taken, 1);
+        let Ok(o) = &f.replies[0] else {
+            panic!("not decided")
+        };
+        assert_eq!(o.record.reason.as_deref(), Some("too_many_writes"));
+        assert!(f
+            .writes
+            .iter()
+            .all(|g| g.doc().collection == "operations" || matches!(g, Guarded::Verify { .. })));
     }
 }
