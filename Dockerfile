@@ -20,14 +20,17 @@ COPY crates/core/Cargo.toml crates/core/
 COPY crates/shop/Cargo.toml crates/shop/
 COPY tools/bench/Cargo.toml tools/bench/
 COPY tools/check-invariants/Cargo.toml tools/check-invariants/
+COPY tools/limits-proxy/Cargo.toml tools/limits-proxy/
 RUN mkdir -p src tests/api crates/core/src crates/core/examples crates/shop/src \
-        tools/bench/src tools/check-invariants/src \
+        tools/bench/src tools/check-invariants/src tools/limits-proxy/src \
     && echo 'fn main() {}' > src/main.rs \
     && touch crates/core/src/lib.rs crates/shop/src/lib.rs tests/api/main.rs \
     && for e in minimal embed award_points refund; do \
         echo 'fn main() {}' > crates/core/examples/$e.rs; done \
     && echo 'fn main() {}' > tools/bench/src/main.rs \
     && echo 'fn main() {}' > tools/check-invariants/src/main.rs \
+    && echo 'fn main() {}' > tools/limits-proxy/src/main.rs \
+    && touch tools/limits-proxy/src/lib.rs \
     && cargo build --release --locked --bin firestore-once \
     && rm -rf src crates/core/src crates/shop/src \
         target/release/firestore-once* \

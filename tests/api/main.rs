@@ -11,6 +11,7 @@ mod examples;
 mod grpc_fault;
 mod helpers;
 mod hostile;
+mod limits_proxy;
 mod observability;
 mod operate;
 mod orders;
