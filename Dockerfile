@@ -3,7 +3,7 @@
 #   docker build -t firestore-once .
 #   docker run --rm -p 8080:8080 -e GOOGLE_CLOUD_PROJECT=my-project firestore-once
 #
-# Keep RUST_VERSION equal to `rust-version` in Cargo.toml (tests/api/deploy.rs checks it).
+# Keep RUST_VERSION equal to `rust-version` in Cargo.toml (tests/api/deploy/dockerfile.rs checks it).
 ARG RUST_VERSION=1.91
 
 FROM rust:${RUST_VERSION}-bookworm AS builder

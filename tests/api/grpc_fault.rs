@@ -2,7 +2,7 @@
 //! Firestore emulator. It forwards every call, and can be told to lose the answers of ONE
 //! method (`Commit`, `BatchGetDocuments`, …) while every other call on the same connection
 //! goes through, so a test can tell a lost read from a lost commit. The TCP [`FaultProxy`]
-//! (helpers.rs) cannot: it drops every byte coming back.
+//! (helpers/fault_proxy.rs) cannot: it drops every byte coming back.
 //!
 //! A lost answer is lost *after* the request reached the emulator: the proxy sends the call
 //! upstream and waits for the emulator's full answer (a commit is applied or refused), then
