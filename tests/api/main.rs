@@ -1,6 +1,7 @@
 //! Integration tests against the real Firestore emulator (one per binary, a project per test).
 
 mod batching;
+mod budget;
 mod clients;
 mod concurrency;
 mod console;

@@ -13,7 +13,8 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 /// The invariant checker over `project` on the shared emulator.
-async fn verify(project: &str, initial: &StockMap) -> invariants::Report {
+/// The invariant checker over `project`, from the emulator itself (not through any proxy).
+pub(crate) async fn verify(project: &str, initial: &StockMap) -> invariants::Report {
     emulator_host();
     let db = FirestoreDb::with_options(FirestoreDbOptions::new(project.to_string()))
         .await

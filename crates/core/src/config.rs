@@ -290,7 +290,11 @@ fn doc_budget(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Bu
     if !(per_sec > 0.0 && per_sec.is_finite()) {
         bail!("ONCE_DOC_COMMITS_PER_SEC={per_sec}: a positive number of commits a second, or off");
     }
-    let burst: f64 = parse("ONCE_DOC_COMMIT_BURST", get("ONCE_DOC_COMMIT_BURST"), d.burst)?;
+    let burst: f64 = parse(
+        "ONCE_DOC_COMMIT_BURST",
+        get("ONCE_DOC_COMMIT_BURST"),
+        d.burst,
+    )?;
     if !(burst >= 1.0 && burst.is_finite()) {
         bail!("ONCE_DOC_COMMIT_BURST={burst}: at least 1");
     }

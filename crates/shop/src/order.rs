@@ -7,8 +7,7 @@ use crate::config::ShopConfig;
 use firestore::FirestoreInstant;
 use firestore_once_core::engine::key::{hashed_id, is_valid_document_id, Fingerprint};
 use firestore_once_core::engine::{
-    CommitReport, Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, ValidationError,
-    Write,
+    CommitReport, Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, ValidationError, Write,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};

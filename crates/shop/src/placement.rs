@@ -122,7 +122,12 @@ impl Placement {
     }
 
     /// The plan of `item`, made if every item is spread.
-    fn plan<'a>(&self, plans: &'a mut HashMap<String, Plan>, item: &str, k: u32) -> Option<&'a mut Plan> {
+    fn plan<'a>(
+        &self,
+        plans: &'a mut HashMap<String, Plan>,
+        item: &str,
+        k: u32,
+    ) -> Option<&'a mut Plan> {
         if self.0.spread_all && !plans.contains_key(item) {
             if plans.len() >= MAX_SPREAD_ITEMS {
                 plans.clear();
@@ -261,7 +266,9 @@ mod tests {
         let distinct: std::collections::HashSet<_> = set.iter().collect();
         assert_eq!(distinct.len(), 4);
         // The set changed: an order holding an older pick chooses again, in turn.
-        let picks: Vec<u32> = (0..8).map(|_| p.pick("hot", 8, Some(first)).unwrap().1).collect();
+        let picks: Vec<u32> = (0..8)
+            .map(|_| p.pick("hot", 8, Some(first)).unwrap().1)
+            .collect();
         for s in &set {
             assert_eq!(picks.iter().filter(|x| *x == s).count(), 2, "{picks:?}");
         }

@@ -279,7 +279,9 @@ impl ItemStock {
             Some(own_doc) => {
                 let own = Self::units(snapshot, own_doc)?.unwrap_or(0);
                 if own.saturating_add(main) >= q {
-                    return self.refill(snapshot, own_doc, own, main, q).map(Take::Writes);
+                    return self
+                        .refill(snapshot, own_doc, own, main, q)
+                        .map(Take::Writes);
                 }
             }
         }
@@ -404,10 +406,15 @@ mod tests {
         assert_eq!((units(&s, &others[0]), units(&s, &others[1])), (25, 25));
         assert_eq!(units(&s, it.main()), 100 - 25 - 15 - 25);
         // Nothing made or lost: 100 + 10 before, 2 taken.
-        let sum: i64 = [it.main().clone(), sh(own), others[0].clone(), others[1].clone()]
-            .iter()
-            .map(|d| units(&s, d))
-            .sum();
+        let sum: i64 = [
+            it.main().clone(),
+            sh(own),
+            others[0].clone(),
+            others[1].clone(),
+        ]
+        .iter()
+        .map(|d| units(&s, d))
+        .sum();
         assert_eq!(sum, 108);
     }
 
@@ -509,5 +516,4 @@ mod tests {
         }
         assert_eq!(it.reads(), [sh(1)]);
     }
-
 }

@@ -261,9 +261,7 @@ impl Write {
     pub fn merge(&mut self, later: Write) {
         if let WriteKind::Update(fields) = later.kind {
             match &mut self.kind {
-                WriteKind::Create(m) | WriteKind::Set(m) | WriteKind::Update(m) => {
-                    m.extend(fields)
-                }
+                WriteKind::Create(m) | WriteKind::Set(m) | WriteKind::Update(m) => m.extend(fields),
                 WriteKind::Delete => {}
             }
         }

@@ -289,16 +289,14 @@ impl Inner {
         if let Some(hook) = hook {
             hook().await;
         }
-        // Every existing document this commit rewrites (or verifies) spends a token of its
-        // budget; a document created here is new, never a hot one.
+        // Every business document this commit writes (or verifies) spends a token of its
+        // budget, a created one too (a shard a refill creates is written again at once);
+        // status documents are written once each, never hot.
         let budgeted: Vec<DocRef> = folded
             .writes
             .iter()
             .map(fold::Guarded::doc)
-            .filter(|d| {
-                d.collection != self.cfg.operations
-                    && matches!(read.get(*d), Some(fold::Version::At(_)))
-            })
+            .filter(|d| d.collection != self.cfg.operations)
             .cloned()
             .collect();
         let budgeted: Vec<&DocRef> = budgeted.iter().collect();
@@ -438,7 +436,6 @@ impl Inner {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

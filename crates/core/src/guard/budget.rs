@@ -5,11 +5,11 @@
 //! before it takes a batch (folding everything that arrived meanwhile into that one commit),
 //! and a document Firestore refused for contention is given a full interval of rest.
 //!
-//! A token bucket per document: `per_sec` tokens a second, at most `burst` held. Only
-//! documents that existed when read are counted: a create (a status document, an order) is
-//! one write to a new document, never a hot one. The buckets are this instance's; instances
-//! keep to the budget together by writing different documents (a kind spreads a hot item
-//! over shards, see `Operation::committed`).
+//! A token bucket per document: `per_sec` tokens a second, at most `burst` held. Every
+//! business document a commit writes is counted; status documents are not (each is created
+//! once, never hot). The buckets are this instance's; instances keep to the budget together
+//! by writing different documents (a kind spreads a hot item over shards, see
+//! `Operation::committed`).
 
 use crate::engine::DocRef;
 use std::collections::HashMap;

@@ -80,4 +80,3 @@ impl From<DriverError> for GuardError {
 
 /// What the guard answers for one operation.
 pub type Reply = Result<Outcome, GuardError>;
-

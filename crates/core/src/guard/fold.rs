@@ -173,8 +173,8 @@ impl PendingWrites {
         let mut gone: HashSet<&DocRef> = HashSet::new();
         let mut n = 0;
         for w in ws {
-            let target = local.contains(&w.doc)
-                || (self.at.contains_key(&w.doc) && !gone.contains(&w.doc));
+            let target =
+                local.contains(&w.doc) || (self.at.contains_key(&w.doc) && !gone.contains(&w.doc));
             if w.mergeable() && target {
                 continue;
             }
@@ -289,7 +289,11 @@ pub fn fold(
             Decision::Apply { writes, .. } => (writes.as_slice(), false),
             Decision::Reject(_) => (&[][..], true),
         };
-        let verify = if rejected || rejects { read_business } else { 0 };
+        let verify = if rejected || rejects {
+            read_business
+        } else {
+            0
+        };
         let needed = writes.writes.len() + writes.added(op_writes) + 1 + verify;
         if needed > ctx.max_writes {
             if taken > 0 {
@@ -446,9 +450,7 @@ mod tests {
             match snap.get::<Level>(&doc)? {
                 Some(s) if s.n >= self.q => Ok(Decision::apply(vec![Write::update(
                     doc,
-                    &Level {
-                        n: s.n - self.q,
-                    },
+                    &Level { n: s.n - self.q },
                 )?])),
                 _ => Ok(Decision::reject("short", "not enough".into(), json!({}))),
             }
@@ -713,11 +715,21 @@ mod tests {
         assert_eq!(f.taken, 5);
         assert_eq!(f.replies.len(), 5);
         assert_eq!(f.writes.len(), 6);
-        assert_eq!(level_writes(&f, &counter("hot")), [(95, Precondition::UpdateTime(ts(1)))]);
+        assert_eq!(
+            level_writes(&f, &counter("hot")),
+            [(95, Precondition::UpdateTime(ts(1)))]
+        );
         // A rejection counts a verification of every document read.
-        let mut b = Batch::new(vec![take("a", "x", 1), take("b", "y", 1), take("c", "x", 9)]);
+        let mut b = Batch::new(vec![
+            take("a", "x", 1),
+            take("b", "y", 1),
+            take("c", "x", 9),
+        ]);
         b.max_writes = 5;
-        let f = b.fold(&b.reads(vec![(counter("x"), level(5, 1)), (counter("y"), level(5, 1))]));
+        let f = b.fold(&b.reads(vec![
+            (counter("x"), level(5, 1)),
+            (counter("y"), level(5, 1)),
+        ]));
         assert_eq!(f.taken, 2);
         assert!(f.writes.len() <= 5);
     }

@@ -223,7 +223,11 @@ fn lane_of(op: &dyn Operation) -> Vec<DocRef> {
 }
 
 /// Queue `p` on `lane`; true when the lane is new and needs a leader.
-fn enqueue(lanes: &mut HashMap<Vec<DocRef>, VecDeque<Pending>>, lane: Vec<DocRef>, p: Pending) -> bool {
+fn enqueue(
+    lanes: &mut HashMap<Vec<DocRef>, VecDeque<Pending>>,
+    lane: Vec<DocRef>,
+    p: Pending,
+) -> bool {
     match lanes.get_mut(&lane) {
         Some(q) => {
             q.push_back(p);

@@ -475,13 +475,17 @@ mod tests {
             .split(|c: char| !(c.is_alphanumeric() || c == '_'))
             .map(str::to_lowercase)
             .collect();
-        for word in ["order", "orders", "order_id", "stock", "item_id", "items", "restock"] {
+        for word in [
+            "order", "orders", "order_id", "stock", "item_id", "items", "restock",
+        ] {
             assert!(
                 !words.iter().any(|w| w == word),
                 "the core's document names {word:?}"
             );
         }
-        assert!(!words.iter().any(|w| w.contains("fulfil") || w.contains("shop")));
+        assert!(!words
+            .iter()
+            .any(|w| w.contains("fulfil") || w.contains("shop")));
     }
 
     #[test]
