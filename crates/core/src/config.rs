@@ -64,7 +64,7 @@ pub struct Config {
     /// gave up at startup.
     pub max_attempts: u32,
     /// `ONCE_BATCH_MAX`: most operations folded into one commit (group commit), 1 to 500.
-    /// Large by default: under a document's write budget a hot item's lane commits about
+    /// Large by default: under a document's write budget a hot document's lane commits about
     /// once a second, and that commit must carry everything that arrived meanwhile.
     pub batch_max: usize,
     /// `ONCE_MAX_COMMIT_WRITES`: most writes in one commit, at most 500 (Firestore's limit);
@@ -75,7 +75,7 @@ pub struct Config {
     /// see `guard::budget`); `ONCE_DOC_COMMITS_PER_SEC=off` lifts it, as the emulator does.
     pub doc_budget: Option<Budget>,
     /// `ONCE_WORKER_THREADS`: runtime threads; 1 (default) runs everything on one thread,
-    /// which costs the least CPU per order, 0 means one per core.
+    /// which costs the least CPU per operation, 0 means one per core.
     pub worker_threads: usize,
     /// `ONCE_REPLAY_CACHE_BYTES`: memory for completed outcomes kept in-process, so replays
     /// skip Firestore; 0 turns the cache off.
@@ -87,8 +87,8 @@ pub struct Config {
     /// `ONCE_MAX_IN_FLIGHT`: most work requests (`/tasks/{kind}` and every kind route) one
     /// instance works on at once; the next is shed at once with 503 and `Retry-After`, before
     /// its body is read. The default (1,000) is Cloud Run's highest concurrency per instance:
-    /// under a document's write budget a hot item's requests wait up to about a second for
-    /// their commit, so a flash sale needs that many in flight (Little's law: 1,000 orders/s
+    /// under a document's write budget a hot document's requests wait up to about a second
+    /// for their commit, so a burst of demand needs that many in flight (Little's law: 1,000/s
     /// at 1 s each). Cloud Run's own concurrency setting (80 by default) bites first; at the
     /// 1 MiB body limit, 1,000 buffered bodies are 1 GiB, so deploy with 2 GiB when you raise
     /// it (docs/deploy.md).

@@ -1,5 +1,5 @@
 //! Dead letters: push deliveries that can never succeed (an undecodable envelope, an invalid
-//! order, a key reused with another payload). Answering 4xx would make Pub/Sub or Eventarc
+//! payload, a key reused with another payload). Answering 4xx would make Pub/Sub or Eventarc
 //! redeliver them for days; answering 2xx and dropping them would lose them. So they are
 //! recorded durably, once per delivery, logged at ERROR, and then acknowledged.
 //!
@@ -202,14 +202,14 @@ mod tests {
     #[test]
     fn bodies_round_trip_byte_for_byte() {
         for bytes in [
-            b"{\"order_id\":\"o\"}".to_vec(),
+            b"{\"vote_id\":\"v\"}".to_vec(),
             vec![0x0a, 0x91, 0x01, 0xff, 0xfe, 0x00, 0x80],
             "é".as_bytes()[..1].to_vec(),
             Vec::new(),
         ] {
             let (body, body_encoding) = encode_body(&bytes);
             let letter = DeadLetter {
-                route: "/orders".into(),
+                route: "/tasks/vote".into(),
                 reason: "r".into(),
                 detail: "d".into(),
                 delivery: DeliveryMeta::default(),

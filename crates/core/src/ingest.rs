@@ -19,7 +19,7 @@ use serde_json::Value;
 /// a redrive sends it back the same way).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
-    /// The route, e.g. `/tasks/restock`.
+    /// The route, e.g. `/tasks/vote`.
     pub route: String,
     /// The registered kind it runs.
     pub kind: String,

@@ -1,76 +1,87 @@
-//! # firestore-once
+//! # firestore-once-core
 //!
-//! Process every order or task **exactly once in effect**, however many times Eventarc,
-//! Pub/Sub, Cloud Tasks or a caller delivers it.
+//! Exactly-once-in-effect processing on Firestore for Cloud Run: each piece of work commits
+//! its business writes **together with** its processed-status document, in one atomic commit
+//! guarded by preconditions, however many times Eventarc, Pub/Sub, Cloud Tasks or a caller
+//! delivers it. A redelivery finds the status document and gets the first answer back, byte
+//! for byte. No lock is held, a hot document stays inside production Firestore's write
+//! budget (about one commit a second), and no commit carries more than 500 writes.
 //!
-//! A request flows through one module per stage:
+//! ## Your kind, in your axum app
 //!
-//! 1. [`delivery`] decodes the envelope into a payload plus transport identity;
-//! 2. [`engine`] is the contract: a registered kind parses the payload into an
-//!    [`Operation`](engine::Operation) (one commit) or a [`Workflow`](engine::Workflow)
-//!    (several), each knowing its key, its fingerprint and a pure decision. No I/O here;
-//!    [`shop`] is the domain this binary ships (order, restock, cancel, `fulfil_order`);
-//! 3. [`guard`] reads the status document and the operation's documents, decides, and commits
-//!    the writes and the status document together in one commit guarded by preconditions
-//!    (optimistic: nothing is locked), or replays; [`guard::workflow`] runs workflows;
-//! 4. [`http`] maps the outcome to an answer that fits the caller; [`server`] serves it.
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use firestore_once_core::engine::*;
+//! use firestore_once_core::{app, config::Config, service};
+//! use serde::{Deserialize, Serialize};
 //!
-//! ## The guarantee
-//! The business writes of an operation and its status document `operations/{sha256(kind:key)}`
-//! are committed in the same atomic commit, so they exist together or not at all. A delivery
-//! that finds the status document changes nothing and answers with the stored response. A
-//! business rejection is stored the same way, so it is replayed, never retried forever.
+//! /// `{"redemption_id": "r-1", "coupon": "c-9"}`: a coupon redeemed once, whoever retries.
+//! #[derive(Serialize, Deserialize)]
+//! struct Redeem { coupon: DocId }
 //!
-//! ## Your own kind
-//! Implement [`engine::Operation`] in one file and register it: the guard does the rest.
-//! The decision is pure, so it is tested without Firestore, and the guard may fold it over a
-//! batch of operations on the same documents (group commit).
-//!
-//! ```
-//! use firestore_once::engine::{
-//!     doc_id_field, Decision, DocRef, Fingerprint, OpError, Operation, Registry, Snapshot, Write,
-//! };
-//! use serde_json::{json, Map};
-//! use std::sync::Arc;
-//!
-//! /// Mark a coupon used, once per redemption.
-//! struct Redeem { redemption_id: String, coupon: String }
-//!
-//! impl Operation for Redeem {
-//!     fn kind(&self) -> &'static str { "redeem" }
-//!     fn key(&self) -> &str { &self.redemption_id }
-//!     fn fingerprint(&self) -> Fingerprint { Fingerprint::of("redeem", &self.coupon) }
+//! impl Kind for Redeem {
+//!     const KIND: &'static str = "redeem";
+//!     const KEY: &'static str = "redemption_id";
 //!     fn reads(&self) -> Vec<DocRef> { vec![DocRef::new("coupons", &self.coupon)] }
-//!     fn decide(&self, _: &Snapshot) -> Result<Decision, OpError> {
-//!         let doc = DocRef::new("coupons", &self.coupon);
-//!         let writes = vec![Write::set(doc, &json!({"used": true}))?];
-//!         Ok(Decision::Apply { writes, result: Map::new() })
+//!     fn decide(&self, snap: &Snapshot) -> Result<Decision, OpError> {
+//!         let coupon = DocRef::new("coupons", &self.coupon);
+//!         if snap.exists(&coupon)? {
+//!             return Ok(Decision::reject("coupon_used", "redeemed before".into(), ().into()));
+//!         }
+//!         Ok(Decision::apply(vec![Write::create(coupon, &serde_json::json!({"used": true}))?]))
 //!     }
 //! }
 //!
-//! let mut kinds = Registry::default();
-//! kinds.register("redeem", |body, ctx| {
-//!     let (key, _) = ctx.key(body, "redemption_id", || Fingerprint::of("redeem", body))?;
-//!     let coupon = doc_id_field(body, "coupon")?;
-//!     Ok(Arc::new(Redeem { redemption_id: key, coupon }) as Arc<dyn Operation>)
-//! });
-//! assert!(kinds.contains("redeem"));
+//! #[tokio::main]
+//! async fn main() -> anyhow::Result<()> {
+//!     let mut kinds = Registry::default();
+//!     kinds.register_kind::<Redeem>();
+//!     let once = service::connect(Config::from_env()?, kinds).await?.route("/redemptions", "redeem");
+//!     let mine = Router::new().route("/", get(|| async { "my app" }));
+//!     let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+//!     Ok(axum::serve(listener, mine.merge(app(once))).await?)
+//! }
 //! ```
 //!
-//! Three complete programs under `examples/`, each served and tested in `tests/api/`:
-//! `award_points.rs` (a kind served at `POST /tasks/award_points`), `refund.rs` (a workflow
-//! whose second step calls a payment API) and `embed.rs` (the guard in your own axum router).
+//! `POST /redemptions` (and `POST /tasks/redeem`) now take the redemption as plain JSON with
+//! an `Idempotency-Key` or a `redemption_id`, as a Pub/Sub push, an Eventarc CloudEvent or a
+//! Cloud Tasks task; a retry replays the first answer with `Idempotent-Replayed: true`, a
+//! rejection is stored and replayed as a 409 (a 200 to a platform, so it stops redelivering),
+//! and an outcome not known yet is a 503 with `Retry-After`. `GET /operations/{id}` says what
+//! happened, `GET /openapi.json` describes it all, and `examples/minimal.rs` is the same as a
+//! whole service in 36 lines.
+//!
+//! ## How a delivery flows
+//!
+//! 1. [`delivery`] decodes the envelope into a payload plus the transport's identity;
+//! 2. [`engine`] is the contract: a registered kind parses the payload into an
+//!    [`Operation`](engine::Operation) (one commit; [`Kind`](engine::Kind) for a serde type)
+//!    or a [`Workflow`](engine::Workflow) (several steps, some behind an outside call), each
+//!    with its key, its fingerprint and a pure decision: no I/O;
+//! 3. [`guard`] reads the status document and the operation's documents (or commits from
+//!    what its own last commit left), folds every operation queued on the same documents into
+//!    one commit within each document's write budget, and commits the writes and the status
+//!    documents together, or replays;
+//! 4. [`ingest`] is that path from a received delivery to an answer or a dead letter: the
+//!    HTTP handlers (`http`) and [`redrive`] both run through it;
+//! 5. `http` answers in the caller's terms (problem+json, `Retry-After`), `server` serves
+//!    with graceful shutdown.
+//!
+//! ## Features
+//!
+//! `server` (the axum router, handlers, OpenAPI and `server::run`), `console` (the
+//! operator console), `metrics` (the `once_*` Prometheus series on `/metrics`), `otlp`
+//! (traces over OTLP/HTTP): all on by default. Without them the engine, the guard, ingest and
+//! redrive remain, to run operations from any framework with [`guard::Guard::run`].
 //!
 //! ## Its limits
-//! - Effects outside Firestore (an e-mail, a carrier, a payment API) cannot join the
-//!   commit. A workflow step that calls out holds a lease ([`guard::lease`]) so two
-//!   deliveries never call at once, and commits its result once; a call is repeated only
-//!   after a crash mid-call, so the outside system should honour the step's operation ID as
-//!   an idempotency key.
-//! - Across instances, the commit's preconditions are the only arbiter. A hot item's stock is
-//!   spread over shard documents so instances write different documents (production
-//!   Firestore sustains about one write per second per document; group commit puts many
-//!   operations in each write); see docs/scale-out.md.
+//! - Effects outside Firestore (an e-mail, a payment API) cannot join the commit. A workflow
+//!   step that calls out holds a lease ([`guard::lease`]) so two deliveries never call at
+//!   once, and commits its result once; a call is repeated only after a crash mid-call, so
+//!   the outside system should honour the step's operation ID as an idempotency key.
+//! - Across instances, the commit's preconditions are the only arbiter, and each instance
+//!   keeps to each document's budget on its own: a kind with a hot document spreads it over
+//!   shards ([`engine::Operation::committed`] tells it how its commits fare).
 //! - Status documents expire after the configured retention (default 35 days); a delivery
 //!   arriving later than that is treated as new.
 

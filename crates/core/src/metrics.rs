@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How one delivery ended, as counted. Every request to `/orders` or `/tasks/{kind}` is
+/// How one delivery ended, as counted. Every work request (`/tasks/{kind}`, kind routes) is
 /// counted exactly once with one of these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
@@ -230,7 +230,7 @@ mod tests {
         m.delivery(
             "pubsub",
             Delivery::ReplayedCache,
-            "order",
+            "vote",
             Duration::from_millis(2),
         );
         m.batch(3);
@@ -240,12 +240,12 @@ mod tests {
         assert!(
             text.contains("once_deliveries_total{source=\"pubsub\",outcome=\"replayed_cache\"} 1")
         );
-        assert!(text.contains("once_request_duration_seconds_count{kind=\"order\"} 1"));
+        assert!(text.contains("once_request_duration_seconds_count{kind=\"vote\"} 1"));
         assert!(text.contains("once_batch_size_sum 3"));
         assert!(text.contains("once_transaction_retries_total{reason=\"conflict\"} 1"));
         assert!(text.contains("once_lease_takeovers_total 1"));
         m.set_enabled(false);
-        m.delivery("pubsub", Delivery::ReplayedCache, "order", Duration::ZERO);
+        m.delivery("pubsub", Delivery::ReplayedCache, "vote", Duration::ZERO);
         assert!(m
             .encode()
             .unwrap()

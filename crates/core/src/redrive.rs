@@ -12,7 +12,7 @@
 //!    `resolved` (later redrives skip it). One that still fails stays a dead letter with the
 //!    attempt recorded; no new dead letter is created.
 //!
-//! Listing orders by `created_at` only (the single-field index Firestore keeps anyway) and
+//! Listing sorts by `created_at` only (the single-field index Firestore keeps anyway) and
 //! filters route and reason in process, so no composite index is needed.
 
 use crate::dead_letter::{DeadLetter, RedriveState};
@@ -38,7 +38,7 @@ pub const CONCURRENCY: usize = 64;
 pub struct Filter {
     /// Only those recorded at or after this time.
     pub since: Option<FirestoreInstant>,
-    /// Only those received on this route (`/orders`, `/tasks/{kind}`).
+    /// Only those received on this route (`/tasks/{kind}`, or a kind route).
     pub route: Option<String>,
     /// Only those with this reason (`invalid-field`, `key-reused`…).
     pub reason: Option<String>,

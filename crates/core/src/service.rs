@@ -42,8 +42,8 @@ pub struct Service {
     pub registry: Arc<Registry>,
     /// Where the workflow runner keeps task records and leases.
     pub workflows: Arc<workflow::Collections>,
-    /// Routes (besides `/tasks/{kind}`) that serve one kind, e.g. `/orders` → `order`, in the
-    /// order they were added; redrive finds a dead letter's kind here by its route.
+    /// Routes (besides `/tasks/{kind}`) that serve one kind, e.g. `/votes` → `vote`;
+    /// redrive finds a dead letter's kind here by its route.
     pub routes: Arc<BTreeMap<String, String>>,
     /// Domain keys the console and the lookup accept by name, the first being the default kind.
     pub lookups: Arc<Vec<Lookup>>,

@@ -34,7 +34,7 @@ pub struct ShopConfig {
 }
 
 /// Default of `ONCE_STOCK_SHARDS`.
-pub const DEFAULT_STOCK_SHARDS: u32 = 32;
+pub const DEFAULT_STOCK_SHARDS: u32 = 64;
 
 /// Most stock shards per item: a gather reads all of them in one call and verifies them in
 /// one commit (Firestore allows 500 writes per commit).

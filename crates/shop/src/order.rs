@@ -361,6 +361,12 @@ impl Operation for Order {
             .collect()
     }
 
+    fn replan(&self) {
+        for stock in &self.stocks {
+            stock.replan();
+        }
+    }
+
     fn committed(&self, report: &CommitReport) {
         let operation_id = hashed_id(self.kind(), &self.order_id);
         // More waiting than one commit held: that many more commits a second are needed.
@@ -372,6 +378,9 @@ impl Operation for Order {
                 continue;
             }
             let max = (k / 2).max(1);
+            if !report.conflict {
+                self.placement.filled(item, k, &stock.filled());
+            }
             match stock.held().filter(|_| stock.own().is_some()) {
                 // Sold from the main document: leave it when one document is not enough.
                 None => {
@@ -400,17 +409,26 @@ impl Operation for Order {
                     }
                 }
                 Some(shard) => {
-                    if let Some(to) = self.placement.observe(item, k, shard, report.conflict) {
+                    // A refused commit that also wrote main or other shards may have been
+                    // refused for those: only one that wrote nothing else blames the shard.
+                    let blamed = report.conflict && !stock.wrote_beyond_own();
+                    if let Some(to) = blamed
+                        .then(|| self.placement.refused(item, k, shard))
+                        .flatten()
+                    {
                         tracing::warn!(
                             operation_id = %operation_id,
                             order_id = %self.order_id,
                             item_id = %item,
                             from_shard = shard,
                             to_shard = to,
-                            conflicts = super::stock::MOVE_AFTER_CONFLICTS,
                             outcome = "shard_moved",
-                            "stock shard moved after repeated conflicts on it (another instance holds it too)"
+                            "stock shard moved: another instance writes it too"
                         );
+                    }
+                    if !report.conflict {
+                        let full = report.full;
+                        self.placement.committed(item, k, shard, report.taken, full);
                     }
                     if overflow {
                         if let Some(set) = self.placement.grow(item, k, more, max) {

@@ -10,24 +10,25 @@
 //! instance alone on the emulator (no budget, no conflicts) never leaves main.
 //!
 //! **Which shards.** The first is `hash(ONCE_INSTANCE_ID) mod K`, the next ones picked at
-//! random among those the instance does not hold yet. Instances can meet on a shard; two
-//! writers of one shard conflict on nearly every commit, so after [`MOVE_AFTER_CONFLICTS`]
-//! commits refused in a row the instance gives that shard up for another one at random. An
-//! order sells from one shard of the set, handed out in turn; when the set changes, orders
-//! still queued pick again (the guard moves them to their new lane). None of these choices
+//! random among those the instance does not hold yet. The first is the set's *filler*: it
+//! is refilled from main when short, and its lane moves stock from main into every shard
+//! added later, in one commit (main sustains one write a second like any document, so
+//! shards are never filled one commit each). An added shard is handed out only once that
+//! commit went through. Instances can meet on a shard; two writers of one shard conflict on
+//! most commits, so at the first refused commit that wrote nothing but the shard, the
+//! instance gives it up for another one at random (its own lanes never write a shard at
+//! once, so such a refusal means another instance holds it too; under a write budget each
+//! refusal costs a second, so there is no waiting for a second one).
+//!
+//! An order sells from one ready shard of the set, handed out in turn, and keeps it while it
+//! is in a batch; while it is still queued, a change of the set makes it pick again
+//! (`Operation::replan`, and the guard moves it to its new lane). None of these choices
 //! matter for correctness: stock in any shard is part of the item's total and is sold by
 //! whoever holds that shard, or gathered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-/// Conflicts among the last [`MOVE_WINDOW`] commits on one shard after which an instance gives
-/// it up for another. Not "in a row": under a write budget two instances sharing a shard
-/// take turns, one refused commit and one that goes through, which is just as costly.
-pub const MOVE_AFTER_CONFLICTS: u32 = 3;
-
-/// Commits on a shard that [`MOVE_AFTER_CONFLICTS`] counts over.
-pub const MOVE_WINDOW: u32 = 6;
+use std::time::Instant;
 
 /// Items planned at most; past this many the plans start again empty (items go back to their
 /// main document until they show demand again), which keeps memory bounded and is always
@@ -37,11 +38,17 @@ pub const MAX_SPREAD_ITEMS: usize = 100_000;
 /// One item's shards on this instance.
 #[derive(Debug, Default)]
 struct Plan {
-    /// The shards it is sold from, in the order they were taken.
+    /// The shards it is sold from, in the order they were taken; the first is the filler.
     shards: Vec<u32>,
-    /// The last [`MOVE_WINDOW`] commits on each of `shards`, one bit each (1: refused).
-    conflicts: Vec<u32>,
-    /// Bumped whenever `shards` changes, so orders holding an older pick choose again.
+    /// Whether each of `shards` holds stock and is handed out (the filler always is).
+    ready: Vec<bool>,
+    /// When this instance's last commit on each of `shards` went through.
+    last: Vec<Option<Instant>>,
+    /// Orders that picked each of `shards` since its last commit.
+    assigned: Vec<u32>,
+    /// Orders one commit held when it was full: how many a shard takes per commit.
+    capacity: Option<u32>,
+    /// Bumped whenever the shards handed out change, so queued orders choose again.
     epoch: u32,
     /// Whose turn is next.
     next: usize,
@@ -51,10 +58,22 @@ impl Plan {
     fn new(first: u32) -> Self {
         Self {
             shards: vec![first],
-            conflicts: vec![0],
+            ready: vec![true],
+            last: vec![None],
+            assigned: vec![0],
+            capacity: None,
             epoch: 1,
             next: 0,
         }
+    }
+
+    /// The shards handed out: the filler and every ready one.
+    fn handed_out(&self) -> impl Iterator<Item = u32> + '_ {
+        self.shards
+            .iter()
+            .zip(&self.ready)
+            .filter(|(_, r)| **r)
+            .map(|(s, _)| *s)
     }
 
     /// A shard of `0..k` the plan does not hold, at random; `None` when it holds them all.
@@ -142,22 +161,98 @@ impl Placement {
         self.0.spread_all || self.plans().contains_key(item)
     }
 
-    /// The shard an order for `item` sells from, among `k`: `held` while it is still in the
-    /// plan's current set, else the next in turn; `None`: the main document.
-    pub fn pick(&self, item: &str, k: u32, held: Option<Pick>) -> Option<Pick> {
+    /// The shard an order for `item` sells from, among `k`; `None`: the main document. It
+    /// keeps `held` while that shard is still handed out, and, with `replan` (the order is
+    /// still queued), while the set has not changed since; else it takes the next in turn.
+    pub fn pick(&self, item: &str, k: u32, held: Option<Pick>, replan: bool) -> Option<Pick> {
         if k == 0 {
             return None;
         }
         let mut plans = self.plans();
         let plan = self.plan(&mut plans, item, k)?;
         if let Some((epoch, shard)) = held {
-            if epoch == plan.epoch {
+            let still = plan.handed_out().any(|s| s == shard);
+            if still && (epoch == plan.epoch || !replan) {
                 return Some((epoch, shard));
             }
+            // Picking again: the shard it leaves has one order fewer coming.
+            if let Some(i) = plan.shards.iter().position(|s| *s == shard) {
+                plan.assigned[i] = plan.assigned[i].saturating_sub(1);
+            }
         }
-        let shard = plan.shards[plan.next % plan.shards.len()];
-        plan.next = plan.next.wrapping_add(1);
-        Some((plan.epoch, shard))
+        let out: Vec<usize> = (0..plan.shards.len()).filter(|i| plan.ready[*i]).collect();
+        // The next commit to leave with room: the shard whose last commit is oldest (its
+        // budget comes back first), until it has as many orders as a commit holds; in turn
+        // while that number is not known yet.
+        let next = plan.capacity.and_then(|cap| {
+            out.iter()
+                .copied()
+                .filter(|i| plan.assigned[*i] < cap)
+                .min_by_key(|i| plan.last[*i])
+        });
+        let i = next.unwrap_or_else(|| {
+            plan.next = plan.next.wrapping_add(1);
+            out[plan.next % out.len()]
+        });
+        plan.assigned[i] = plan.assigned[i].saturating_add(1);
+        Some((plan.epoch, plan.shards[i]))
+    }
+
+    /// This instance's commit on `item`'s shard `shard` went through with `taken` orders
+    /// (`full`: as many as one commit holds).
+    pub fn committed(&self, item: &str, k: u32, shard: u32, taken: usize, full: bool) {
+        let mut plans = self.plans();
+        let Some(plan) = self.plan(&mut plans, item, k) else {
+            return;
+        };
+        let Some(i) = plan.shards.iter().position(|s| *s == shard) else {
+            return;
+        };
+        let taken = u32::try_from(taken).unwrap_or(u32::MAX);
+        plan.last[i] = Some(Instant::now());
+        plan.assigned[i] = plan.assigned[i].saturating_sub(taken);
+        if full && taken > 0 {
+            plan.capacity = Some(taken);
+        }
+    }
+
+    /// The set's filler (its first shard) and the shards added but not filled yet, when
+    /// `item` is spread.
+    pub fn pending(&self, item: &str, k: u32) -> Option<(u32, Vec<u32>)> {
+        if k == 0 {
+            return None;
+        }
+        let mut plans = self.plans();
+        let plan = self.plan(&mut plans, item, k)?;
+        let pending = plan
+            .shards
+            .iter()
+            .zip(&plan.ready)
+            .filter(|(_, r)| !**r)
+            .map(|(s, _)| *s)
+            .collect();
+        Some((plan.shards[0], pending))
+    }
+
+    /// A commit that filled these shards of `item` went through: hand them out.
+    pub fn filled(&self, item: &str, k: u32, shards: &[u32]) {
+        if shards.is_empty() {
+            return;
+        }
+        let mut plans = self.plans();
+        let Some(plan) = self.plan(&mut plans, item, k) else {
+            return;
+        };
+        let mut changed = false;
+        for (s, r) in plan.shards.iter().zip(plan.ready.iter_mut()) {
+            if shards.contains(s) && !*r {
+                *r = true;
+                changed = true;
+            }
+        }
+        if changed {
+            plan.epoch = plan.epoch.wrapping_add(1);
+        }
     }
 
     /// The shards `item` is sold from here (empty: its main document).
@@ -189,7 +284,7 @@ impl Placement {
     }
 
     /// Add up to `by` shards to `item`'s set, keeping it at most `max`; the new set when it
-    /// grew.
+    /// grew. They are handed out once filled.
     pub fn grow(&self, item: &str, k: u32, by: u32, max: u32) -> Option<Vec<u32>> {
         let mut plans = self.plans();
         let plan = self.plan(&mut plans, item, k)?;
@@ -200,34 +295,31 @@ impl Placement {
             }
             let Some(s) = plan.unused(k) else { break };
             plan.shards.push(s);
-            plan.conflicts.push(0);
+            plan.ready.push(false);
+            plan.last.push(None);
+            plan.assigned.push(0);
             grew = true;
         }
-        if !grew {
-            return None;
-        }
-        plan.epoch = plan.epoch.wrapping_add(1);
-        Some(plan.shards.clone())
+        // Handed out once the filler's lane has filled them (see [`Placement::filled`]).
+        grew.then(|| plan.shards.clone())
     }
 
-    /// A commit that wrote `item`'s shard `shard` went through, or was refused by another
-    /// writer (`conflict`). Returns the shard it moved to when this conflict made the
-    /// instance give `shard` up. Reports about a shard no longer held are ignored.
-    pub fn observe(&self, item: &str, k: u32, shard: u32, conflict: bool) -> Option<u32> {
+    /// A commit that wrote nothing but `item`'s shard `shard` was refused by another writer:
+    /// give the shard up for another one at random, and return it. Reports about a shard no
+    /// longer held are ignored.
+    pub fn refused(&self, item: &str, k: u32, shard: u32) -> Option<u32> {
         if k < 2 {
             return None;
         }
         let mut plans = self.plans();
         let plan = self.plan(&mut plans, item, k)?;
         let i = plan.shards.iter().position(|s| *s == shard)?;
-        let window = (1u32 << MOVE_WINDOW) - 1;
-        plan.conflicts[i] = ((plan.conflicts[i] << 1) | u32::from(conflict)) & window;
-        if !conflict || plan.conflicts[i].count_ones() < MOVE_AFTER_CONFLICTS {
-            return None;
-        }
         let to = plan.unused(k)?;
         plan.shards[i] = to;
-        plan.conflicts[i] = 0;
+        // A moved filler refills itself when short; any other shard waits to be filled.
+        plan.ready[i] = i == 0;
+        plan.last[i] = None;
+        plan.assigned[i] = 0;
         plan.epoch = plan.epoch.wrapping_add(1);
         Some(to)
     }
@@ -254,24 +346,45 @@ mod tests {
     #[test]
     fn an_item_spreads_once_then_grows_and_hands_shards_out_in_turn() {
         let p = Placement::new(5);
-        assert_eq!(p.pick("hot", 8, None), None);
+        assert_eq!(p.pick("hot", 8, None, false), None);
         assert!(p.spread("hot", 8));
         assert!(!p.spread("hot", 8));
-        // The first shard is the instance's own (5 mod 8).
-        let first = p.pick("hot", 8, None).unwrap();
+        // The first shard is the instance's own (5 mod 8), the filler.
+        let first = p.pick("hot", 8, None, false).unwrap();
         assert_eq!(first.1, 5);
-        assert_eq!(p.pick("hot", 8, Some(first)), Some(first));
+        assert_eq!(p.pick("hot", 8, Some(first), true), Some(first));
         let set = p.grow("hot", 8, 3, 16).unwrap();
         assert_eq!(set.len(), 4);
         let distinct: std::collections::HashSet<_> = set.iter().collect();
         assert_eq!(distinct.len(), 4);
-        // The set changed: an order holding an older pick chooses again, in turn.
+        // Added shards are not handed out before the filler's lane filled them.
+        let (filler, pending) = p.pending("hot", 8).unwrap();
+        assert_eq!((filler, pending.len()), (5, 3));
+        assert_eq!(p.pick("hot", 8, None, false).unwrap().1, 5);
+        p.filled("hot", 8, &pending);
+        assert!(p.pending("hot", 8).unwrap().1.is_empty());
+        // An order in a batch keeps its shard; a queued one picks again, in turn.
+        assert_eq!(p.pick("hot", 8, Some(first), false), Some(first));
         let picks: Vec<u32> = (0..8)
-            .map(|_| p.pick("hot", 8, Some(first)).unwrap().1)
+            .map(|_| p.pick("hot", 8, Some(first), true).unwrap().1)
             .collect();
         for s in &set {
             assert_eq!(picks.iter().filter(|x| *x == s).count(), 2, "{picks:?}");
         }
+        // Once a full commit told how many a shard takes, orders go to the shard whose
+        // commit leaves next (the oldest last commit) until it has that many.
+        for s in &set {
+            p.committed("hot", 8, *s, 9, false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        for s in &set[1..] {
+            p.committed("hot", 8, *s, 2, true);
+        }
+        let next: Vec<u32> = (0..4)
+            .map(|_| p.pick("hot", 8, None, false).unwrap().1)
+            .collect();
+        assert_eq!(&next[..2], [set[0], set[0]]);
+        assert!(next[2..].iter().all(|s| *s != set[0]), "{next:?}");
         // Never more than `max`, nor more than K.
         assert_eq!(p.grow("hot", 8, 10, 6).unwrap().len(), 6);
         assert_eq!(p.grow("hot", 8, 10, 6), None);
@@ -281,39 +394,35 @@ mod tests {
     }
 
     #[test]
-    fn repeated_conflicts_on_a_shard_move_it_elsewhere() {
+    fn a_refused_shard_is_given_up_for_another() {
         let p = Placement::new(1);
         assert!(p.spread("hot", 4));
-        // Two conflicts among the last six commits, however they fall: no move.
-        for conflict in [true, false, true, false, false, false, false, true, false] {
-            assert_eq!(p.observe("hot", 4, 1, conflict), None);
-        }
-        // Taking turns with another writer (a conflict every other commit): a third conflict
-        // within six commits moves it.
-        assert_eq!(p.observe("hot", 4, 1, false), None);
-        assert_eq!(p.observe("hot", 4, 1, true), None);
         // Reports about a shard the item does not hold are ignored.
-        assert_eq!(p.observe("hot", 4, 2, true), None);
-        let to = p.observe("hot", 4, 1, true).unwrap();
+        assert_eq!(p.refused("hot", 4, 2), None);
+        let to = p.refused("hot", 4, 1).unwrap();
         assert_ne!(to, 1);
         assert_eq!(p.shards_of("hot", 4), [to]);
         // Late reports about the shard it left change nothing.
-        for _ in 0..MOVE_AFTER_CONFLICTS {
-            assert_eq!(p.observe("hot", 4, 1, true), None);
-        }
+        assert_eq!(p.refused("hot", 4, 1), None);
+        assert_eq!(p.shards_of("hot", 4), [to]);
+        // An added shard moved is handed out again only once filled.
+        p.grow("hot", 4, 1, 4);
+        let (_, pending) = p.pending("hot", 4).unwrap();
+        p.filled("hot", 4, &pending);
+        let added = pending[0];
+        let moved = p.refused("hot", 4, added).unwrap();
+        assert_eq!(p.pending("hot", 4).unwrap().1, [moved]);
         // One shard (or none): nowhere to go.
         let one = Placement::new(0);
         one.spread("x", 1);
-        for _ in 0..10 {
-            assert_eq!(one.observe("x", 1, 0, true), None);
-        }
+        assert_eq!(one.refused("x", 1, 0), None);
     }
 
     #[test]
     fn every_item_spread_and_memory_bounded() {
         let all = Placement::new(3).spreading_every_item();
         assert!(all.is_spread("anything"));
-        assert_eq!(all.pick("anything", 4, None).map(|p| p.1), Some(3));
+        assert_eq!(all.pick("anything", 4, None, false).map(|p| p.1), Some(3));
         assert!(!all.spread("anything", 4));
         let p = Placement::new(0);
         for i in 0..MAX_SPREAD_ITEMS {

@@ -22,10 +22,10 @@
 //!   order is never rejected while the item's total covers it, and never oversold.
 
 use crate::placement::Pick;
-pub use crate::placement::{Placement, MOVE_AFTER_CONFLICTS};
+pub use crate::placement::Placement;
 use firestore_once_core::engine::{DocRef, OpError, Snapshot, Write};
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The `stock` field of an item, read and written alone so other fields are kept.
@@ -51,10 +51,19 @@ pub struct ItemStock {
     /// The pick this order holds (`epoch << 32 | shard`, [`NO_PICK`] for none), shared by
     /// the order's clones.
     held: Arc<AtomicU64>,
+    /// The set's shards its last decision moved stock into (one bit each, K ≤ 64).
+    filled: Arc<AtomicU64>,
+    /// Whether its last decision wrote more than its own shard (main, or other shards): a
+    /// refusal of that commit then says nothing about the own shard.
+    beyond: Arc<AtomicBool>,
 }
 
 /// No pick held.
 const NO_PICK: u64 = u64::MAX;
+
+/// Units per shard from which a refill spreads main over every shard, not only this
+/// instance's: a thousand orders' worth in each.
+pub const SPREAD_ALL_FROM: i64 = 1_000;
 
 /// What taking `q` units decided.
 #[derive(Debug)]
@@ -89,23 +98,42 @@ impl ItemStock {
             shards,
             placement: placement.filter(|_| shards > 0).cloned(),
             held: Arc::new(AtomicU64::new(NO_PICK)),
+            filled: Arc::new(AtomicU64::new(0)),
+            beyond: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// The shard this item's order takes from first (its index), `None` when it takes from
-    /// the main document.
+    /// the main document. Kept while the order is in a batch (see [`replan`](Self::replan)).
     pub fn own(&self) -> Option<u32> {
+        self.pick(false)
+    }
+
+    /// While the order is queued: pick again if this instance's shards for the item changed
+    /// since (the guard then moves the order to its new lane).
+    pub fn replan(&self) {
+        self.pick(true);
+    }
+
+    fn pick(&self, replan: bool) -> Option<u32> {
         let placement = self.placement.as_ref()?;
         let held = match self.held.load(Ordering::Relaxed) {
             NO_PICK => None,
             v => Some(((v >> 32) as u32, v as u32)),
         };
-        let pick: Pick = placement.pick(&self.main.id, self.shards, held)?;
+        let pick: Pick = placement.pick(&self.main.id, self.shards, held, replan)?;
         if Some(pick) != held {
             let v = (u64::from(pick.0) << 32) | u64::from(pick.1);
             self.held.store(v, Ordering::Relaxed);
         }
         Some(pick.1)
+    }
+
+    /// The shards this order's last decision filled for the set (bits), for
+    /// [`Placement::filled`] once its commit went through.
+    pub fn filled(&self) -> Vec<u32> {
+        let bits = self.filled.load(Ordering::Relaxed);
+        (0..64).filter(|k| bits & (1 << k) != 0).collect()
     }
 
     /// The shard this order's last pick named, without picking again (what its last commit
@@ -117,15 +145,19 @@ impl ItemStock {
         }
     }
 
-    /// This instance's shards of the item (the own one among them), as documents.
-    fn own_set(&self) -> Vec<DocRef> {
-        self.placement
-            .as_ref()
-            .map(|p| p.shards_of(&self.main.id, self.shards))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|k| self.shard(k))
-            .collect()
+    /// This instance's shards of the item: those handed out (the own one among them) and
+    /// those waiting to be filled.
+    fn own_sets(&self) -> (Vec<u32>, Vec<u32>) {
+        let Some(p) = self.placement.as_ref() else {
+            return (Vec::new(), Vec::new());
+        };
+        let all = p.shards_of(&self.main.id, self.shards);
+        let pending = p
+            .pending(&self.main.id, self.shards)
+            .map(|(_, pending)| pending)
+            .unwrap_or_default();
+        let handed = all.into_iter().filter(|s| !pending.contains(s)).collect();
+        (handed, pending)
     }
 
     fn shard(&self, k: u32) -> DocRef {
@@ -217,6 +249,48 @@ impl ItemStock {
         }
     }
 
+    /// In the filler's lane: move stock from main into the shards added to the set and not
+    /// filled yet, a chunk of `ceil(main / K)` each, in this order's commit (one write to main
+    /// for all of them). Nothing elsewhere, or when main has nothing to give.
+    fn fill_pending(&self, snapshot: &Snapshot, own_doc: &DocRef) -> Result<Vec<Write>, OpError> {
+        self.filled.store(0, Ordering::Relaxed);
+        let Some((filler, pending)) = self
+            .placement
+            .as_ref()
+            .and_then(|p| p.pending(&self.main.id, self.shards))
+        else {
+            return Ok(Vec::new());
+        };
+        if pending.is_empty() || self.shard(filler) != *own_doc {
+            return Ok(Vec::new());
+        }
+        let docs: Vec<DocRef> = pending.iter().map(|k| self.shard(*k)).collect();
+        snapshot.require(std::slice::from_ref(&self.main))?;
+        snapshot.require(&docs)?;
+        let main = Self::units(snapshot, &self.main)?.unwrap_or(0);
+        let k = i64::from(self.shards);
+        let chunk = (main + k - 1) / k;
+        let mut left = main;
+        let mut writes = Vec::new();
+        let mut bits = 0u64;
+        for (shard, d) in pending.iter().zip(&docs) {
+            let have = Self::units(snapshot, d)?.unwrap_or(0);
+            let give = (chunk - have).clamp(0, left);
+            if give > 0 {
+                left -= give;
+                writes.push(Self::write(snapshot, d, have + give)?);
+            }
+            if have + give > 0 {
+                bits |= 1 << shard;
+            }
+        }
+        if left != main {
+            writes.insert(0, Write::update(self.main.clone(), &Stock { stock: left })?);
+        }
+        self.filled.store(bits, Ordering::Relaxed);
+        Ok(writes)
+    }
+
     /// Move stock from main into the own shard (at least what the line lacks, at least a
     /// chunk of `ceil(main / K)`), top up the set's other shards that hold less than a chunk,
     /// and take `q` from the own shard: one write to main for the whole set.
@@ -228,17 +302,29 @@ impl ItemStock {
         main: i64,
         q: i64,
     ) -> Result<Vec<Write>, OpError> {
-        let others: Vec<DocRef> = self
-            .own_set()
-            .into_iter()
-            .filter(|d| d != own_doc)
-            .collect();
-        snapshot.require(&others)?;
         let k = i64::from(self.shards);
+        // Plenty in main: spread it over every shard at once, so the other instances find
+        // theirs filled and never write main for it (it sustains one write a second for all
+        // of them). Scarce: this instance's set only, or the last units end up fragmented.
+        // Never a shard this instance hands out (its lane refills it): only those waiting
+        // to be filled, and, from plenty, those nobody here sells from.
+        let everywhere = main >= k.saturating_mul(SPREAD_ALL_FROM);
+        let (handed, pending) = self.own_sets();
+        let others: Vec<DocRef> = if everywhere {
+            (0..self.shards).filter(|s| !handed.contains(s)).collect()
+        } else {
+            pending
+        }
+        .into_iter()
+        .map(|s| self.shard(s))
+        .filter(|d| d != own_doc)
+        .collect();
+        snapshot.require(&others)?;
         let chunk = (main + k - 1) / k;
         let to_own = (q - own).max(chunk).min(main);
         let mut left = main - to_own;
         let mut writes = vec![Self::write(snapshot, own_doc, own + to_own - q)?];
+        let mut bits = 0u64;
         for d in &others {
             let have = Self::units(snapshot, d)?.unwrap_or(0);
             let give = (chunk - have).clamp(0, left);
@@ -246,20 +332,40 @@ impl ItemStock {
                 left -= give;
                 writes.push(Self::write(snapshot, d, have + give)?);
             }
+            if let (true, Ok(k)) = (have + give > 0, d.id.parse::<u32>()) {
+                bits |= 1 << k;
+            }
         }
+        self.filled.store(bits, Ordering::Relaxed);
         writes.insert(0, Write::update(self.main.clone(), &Stock { stock: left })?);
         Ok(writes)
     }
 
+    /// Whether this order's last decision wrote more than its own shard (see `beyond`).
+    pub fn wrote_beyond_own(&self) -> bool {
+        self.beyond.load(Ordering::Relaxed)
+    }
+
     /// Take `q` units (see the module rules).
     pub fn take(&self, snapshot: &Snapshot, q: i64) -> Result<Take, OpError> {
+        let taken = self.take_from(snapshot, q);
+        if let (Ok(Take::Writes(w)), Some(own)) = (&taken, self.own_doc()) {
+            let beyond = w.iter().any(|w| w.doc != own);
+            self.beyond.store(beyond, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    fn take_from(&self, snapshot: &Snapshot, q: i64) -> Result<Take, OpError> {
         let own_doc = self.own_doc();
         if let Some(own_doc) = &own_doc {
             // Found contended since this attempt's first read: the shard is read first.
             snapshot.require(std::slice::from_ref(own_doc))?;
             let own = Self::units(snapshot, own_doc)?.unwrap_or(0);
             if own >= q {
-                return Ok(Take::Writes(vec![Self::write(snapshot, own_doc, own - q)?]));
+                let mut writes = self.fill_pending(snapshot, own_doc)?;
+                writes.push(Self::write(snapshot, own_doc, own - q)?);
+                return Ok(Take::Writes(writes));
             }
             // Short (within a batch, earlier orders may have emptied it): main is needed.
             snapshot.require(std::slice::from_ref(&self.main))?;
@@ -416,6 +522,78 @@ mod tests {
         .map(|d| units(&s, d))
         .sum();
         assert_eq!(sum, 108);
+    }
+
+    #[test]
+    fn the_fillers_lane_fills_added_shards_in_one_write_to_main() {
+        let p = Placement::new(0);
+        assert!(p.spread("a", 4));
+        let added: Vec<u32> = p.grow("a", 4, 2, 4).unwrap()[1..].to_vec();
+        let it = ItemStock::new("items", "a", 4, Some(&p));
+        assert_eq!(it.own(), Some(0));
+        let sh = |k: u32| DocRef::new("items/a/shards", k.to_string());
+        // The filler covers the line, but shards wait to be filled: main and they are read.
+        let s = snap(vec![(sh(0), n(50))]);
+        assert!(matches!(it.take(&s, 1), Err(OpError::ReadMore { .. })));
+        let mut s = snap(vec![
+            (sh(0), n(50)),
+            (it.main().clone(), n(80)),
+            (sh(added[0]), None),
+            (sh(added[1]), None),
+        ]);
+        let t = it.take(&s, 1).unwrap();
+        let written = after(&mut s, t);
+        assert_eq!(written.iter().filter(|d| *d == it.main()).count(), 1);
+        assert_eq!(units(&s, &sh(0)), 49);
+        assert_eq!(
+            (units(&s, &sh(added[0])), units(&s, &sh(added[1]))),
+            (20, 20)
+        );
+        assert_eq!(units(&s, it.main()), 40);
+        let mut filled = it.filled();
+        filled.sort();
+        let mut want = added.clone();
+        want.sort();
+        assert_eq!(filled, want);
+        // Once handed out, nothing more is filled: the line alone.
+        p.filled("a", 4, &filled);
+        let t = it.take(&snap(vec![(sh(0), n(49))]), 1).unwrap();
+        let Take::Writes(w) = t else { panic!() };
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn a_refill_from_plenty_fills_every_shard_in_one_write_to_main() {
+        let it = ItemStock::new(
+            "items",
+            "a",
+            4,
+            Some(&Placement::new(2).spreading_every_item()),
+        );
+        let sh = |k: u32| DocRef::new("items/a/shards", k.to_string());
+        let mut docs = vec![(it.main().clone(), n(40_000))];
+        docs.extend((0..4).map(|k| (sh(k), None)));
+        let mut s = snap(docs);
+        let t = it.take(&s, 1).unwrap();
+        let written = after(&mut s, t);
+        assert_eq!(written.len(), 5);
+        assert_eq!(units(&s, &sh(2)), 9_999);
+        for k in [0, 1, 3] {
+            assert_eq!(units(&s, &sh(k)), 10_000);
+        }
+        assert_eq!(units(&s, it.main()), 0);
+        assert!(it.wrote_beyond_own());
+        // Another instance's shard, filled there, sells without touching main.
+        let other = ItemStock::new(
+            "items",
+            "a",
+            4,
+            Some(&Placement::new(1).spreading_every_item()),
+        );
+        let t = other.take(&snap(vec![(sh(1), n(10_000))]), 1).unwrap();
+        let Take::Writes(w) = t else { panic!() };
+        assert_eq!(w.iter().map(|w| &w.doc).collect::<Vec<_>>(), [&sh(1)]);
+        assert!(!other.wrote_beyond_own());
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub(crate) struct Args {
     /// N-instance rows run R times too (N = 1, 2, 4, then 4, 2, 1, …), each N = k against
     /// its round's N = 1, and the targets take the median ratio.
     pub(crate) rounds: usize,
+    /// Measured seconds of a row through the limits proxy (`--limit-secs`, default 20; 3 with
+    /// `--smoke`): long enough to judge what happens after the first 10 s.
+    pub(crate) limit_secs: f64,
 }
 
 /// Parse the command line (`--help` prints the usage and exits).
@@ -40,6 +43,7 @@ pub(crate) fn args() -> Result<Args> {
         redrive_count: 10_000,
         old_bin: None,
         rounds: 1,
+        limit_secs: 20.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -80,6 +84,13 @@ pub(crate) fn args() -> Result<Args> {
                     .filter(|r| *r >= 1)
                     .context("--rounds needs a number ≥ 1")?
             }
+            "--limit-secs" => {
+                a.limit_secs = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .filter(|s: &f64| *s > 0.0)
+                    .context("--limit-secs needs a positive number")?
+            }
             "--redrive-count" => {
                 a.redrive_count = it
                     .next()
@@ -87,7 +98,7 @@ pub(crate) fn args() -> Result<Args> {
                     .context("--redrive-count needs a number")?
             }
             "-h" | "--help" => {
-                println!("usage: bench [--smoke] [--long] [--secs N] [--only 1,2,3,3b,4,4r,5,5r] [--service-env K=V]... [--out FILE] [--old-bin PATH] [--rounds R]");
+                println!("usage: bench [--smoke] [--long] [--secs N] [--limit-secs N] [--only 1,2,3,3b,4,4r,5,5r,6,6r] [--service-env K=V]... [--out FILE] [--old-bin PATH] [--rounds R]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -95,6 +106,7 @@ pub(crate) fn args() -> Result<Args> {
     }
     if a.smoke {
         a.secs = a.secs.min(2.0);
+        a.limit_secs = a.limit_secs.min(3.0);
     }
     Ok(a)
 }

@@ -22,6 +22,8 @@ pub(crate) struct Env {
     pub(crate) old_bin: Option<PathBuf>,
     /// Measured seconds per run.
     pub(crate) secs: f64,
+    /// Measured seconds of a row through the limits proxy.
+    pub(crate) limit_secs: f64,
     /// `--service-env`: extra environment for every service process.
     pub(crate) service_env: Vec<(String, String)>,
     /// Prefix of every project of this run, so runs never share one.

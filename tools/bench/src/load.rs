@@ -243,6 +243,7 @@ impl Env {
             baseline: true,
             instances: 1,
             round: 0,
+            limits: None,
         };
         let secs = Duration::from_secs(4);
         let project = format!("{}-warm", self.run_id);

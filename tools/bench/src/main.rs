@@ -54,6 +54,7 @@ mod args;
 mod baseline;
 mod compare;
 mod env;
+mod limits;
 mod load;
 mod measure;
 mod overhead;

@@ -42,6 +42,8 @@ pub(crate) struct Row {
     pub(crate) round: usize,
     /// What went wrong with the invariant, if anything.
     pub(crate) note: String,
+    /// What the limits proxy counted (scenario family 6).
+    pub(crate) proxy: Option<crate::limits::ProxyFigures>,
 }
 
 /// The answers of one measured phase.

@@ -26,6 +26,12 @@ pub(crate) fn row_line(r: &Row) -> String {
     ) + &r
         .emulator_cpu_ms_per_order
         .map_or(String::new(), |c| format!("  emulator {c:.3} ms/order"))
+        + &r.proxy.as_ref().map_or(String::new(), |p| {
+            format!(
+                "  proxy {}/s: ABORTED {} ({} after 10 s), busiest {} commits/s ({})",
+                p.rate, p.aborted, p.aborted_late, p.busiest, p.busiest_doc
+            )
+        })
 }
 
 /// The single-instance row of scenario `id` at `clients` against `runner`.
@@ -77,8 +83,8 @@ pub(crate) fn render(machine: &str, args: &Args, startup_ms: f64, rows: &[Row]) 
         s,
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
-    for r in rows {
-        let title = scenarios(false, true, false, 1)
+    for r in rows.iter().filter(|r| r.proxy.is_none()) {
+        let title = scenarios(false, true, false, false, 1)
             .into_iter()
             .find(|x| x.id == r.scenario)
             .map_or("", |x| x.title);
@@ -105,6 +111,7 @@ pub(crate) fn render(machine: &str, args: &Args, startup_ms: f64, rows: &[Row]) 
                 .map_or("-".into(), |c| format!("{c:.3}")),
         );
     }
+    crate::limits::table(&mut s, rows);
     if args.smoke {
         let _ = writeln!(
             s,
@@ -156,6 +163,7 @@ pub(crate) fn render(machine: &str, args: &Args, startup_ms: f64, rows: &[Row]) 
         }
     }
     scale_out::targets(&mut s, rows);
+    crate::limits::targets(&mut s, rows);
     let s1: Vec<&Row> = rows
         .iter()
         .filter(|r| r.scenario == "1" && r.runner == "service")

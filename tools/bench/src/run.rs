@@ -35,6 +35,7 @@ pub(crate) async fn run(args: Args, service_bin: PathBuf, emulator: String) -> R
         service_bin,
         old_bin: args.old_bin.clone(),
         secs: args.secs,
+        limit_secs: args.limit_secs,
         service_env: args.service_env.clone(),
         run_id: format!("b{:08x}", fastrand::u32(..)),
     };
@@ -52,7 +53,8 @@ pub(crate) async fn run(args: Args, service_bin: PathBuf, emulator: String) -> R
     let mut rows: Vec<Row> = Vec::new();
     let mut broken: Vec<String> = Vec::new();
     let only_scale = !args.only.is_empty() && args.only.iter().all(|o| o == "5" || o == "5r");
-    let chosen = scenarios(args.smoke, args.long, only_scale, args.rounds)
+    let only_limits = !args.only.is_empty() && args.only.iter().all(|o| o == "6" || o == "6r");
+    let chosen = scenarios(args.smoke, args.long, only_scale, only_limits, args.rounds)
         .into_iter()
         .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.id));
     for (n, sc) in chosen.enumerate() {

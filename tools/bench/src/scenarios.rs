@@ -36,6 +36,10 @@ pub(crate) struct Scenario {
     pub(crate) instances: usize,
     /// Which round of the N-instance rows this is (`--rounds`), 0 otherwise.
     pub(crate) round: usize,
+    /// Through the limits proxy at this many commits a second per document (family 6), the
+    /// service's budget set to the same; `None`: straight to the emulator, on its terms (no
+    /// budget: `ONCE_DOC_COMMITS_PER_SEC=off`).
+    pub(crate) limits: Option<f64>,
 }
 
 impl Scenario {
@@ -46,9 +50,15 @@ impl Scenario {
     }
 }
 
-/// The scenarios to run; `long` adds N = 8 to the N-instance ones, `only_scale` keeps those
-/// alone.
-pub(crate) fn scenarios(smoke: bool, long: bool, only_scale: bool, rounds: usize) -> Vec<Scenario> {
+/// The scenarios to run; `long` adds N = 8 to the N-instance ones, `only_scale` and
+/// `only_limits` keep those alone.
+pub(crate) fn scenarios(
+    smoke: bool,
+    long: bool,
+    only_scale: bool,
+    only_limits: bool,
+    rounds: usize,
+) -> Vec<Scenario> {
     let s = |id, title, shape, clients| Scenario {
         id,
         title,
@@ -58,16 +68,24 @@ pub(crate) fn scenarios(smoke: bool, long: bool, only_scale: bool, rounds: usize
         baseline: true,
         instances: 1,
         round: 0,
+        limits: None,
     };
     let scale = |id, title, shape, instances| Scenario {
         baseline: false,
         instances,
         ..s(id, title, shape, 16)
     };
+    let limited = |id, title, shape, rate, clients, instances| Scenario {
+        baseline: false,
+        instances,
+        limits: Some(rate),
+        ..s(id, title, shape, clients)
+    };
     if smoke {
         return vec![
             s("1", "100 items, distinct orders", Shape::Spread, 8),
             scale("5", "one hot item, N instances", Shape::Hot, 2),
+            limited("6", LIMITED_HOT, Shape::Hot, 10.0, 64, 1),
         ];
     }
     let mut n_instances = vec![1, 2, 4];
@@ -101,6 +119,24 @@ pub(crate) fn scenarios(smoke: bool, long: bool, only_scale: bool, rounds: usize
     if only_scale {
         return scaled;
     }
+    // Through the limits proxy: 1 commit/s/doc (production) and 10, a flash sale's 1000
+    // clients and 16 (the latency cost at low load), one instance and four.
+    let mut limits = Vec::new();
+    for (id, title, shape) in [
+        ("6", LIMITED_HOT, Shape::Hot),
+        ("6r", LIMITED_RANDOM, Shape::SpreadRandom),
+    ] {
+        for rate in [1.0, 10.0] {
+            for clients in [1000, 16] {
+                for instances in [1, 4] {
+                    limits.push(limited(id, title, shape, rate, clients, instances));
+                }
+            }
+        }
+    }
+    if only_limits {
+        return limits;
+    }
     let mut all = vec![
         s("1", "100 items, distinct orders", Shape::Spread, 1),
         s("1", "100 items, distinct orders", Shape::Spread, 8),
@@ -133,5 +169,10 @@ pub(crate) fn scenarios(smoke: bool, long: bool, only_scale: bool, rounds: usize
         ),
     ];
     all.extend(scaled);
+    all.extend(limits);
     all
 }
+
+/// Family 6's titles.
+const LIMITED_HOT: &str = "one hot item through the limits proxy";
+const LIMITED_RANDOM: &str = "100 items at random through the limits proxy";

@@ -24,12 +24,23 @@ impl Env {
         let project = self.project(n, runner);
         let ids = Self::items_for(sc.shape);
         self.seed(&project, &ids).await?;
+        // Family 6 goes through the limits proxy with the service's budget at its rate; every
+        // other row talks to the emulator on its terms, with no budget.
+        let proxy = sc.limits.map(|rate| self.start_proxy(rate)).transpose()?;
+        let rate = sc.limits.map(|r| r.to_string());
         let mut services = Vec::with_capacity(sc.instances);
         for i in 0..sc.instances {
             let mut env = sc.env.clone();
             let id = i.to_string();
             env.push(("ONCE_INSTANCE_ID", id.as_str()));
+            if let (Some(p), Some(rate)) = (&proxy, &rate) {
+                env.push(("FIRESTORE_EMULATOR_HOST", p.addr.as_str()));
+                env.push(("ONCE_DOC_COMMITS_PER_SEC", rate.as_str()));
+            }
             services.push(self.start_service(bin, &project, &env).await?);
+        }
+        if let Some(p) = &proxy {
+            self.reset_proxy(p).await?;
         }
         let pids: Vec<u32> = services.iter().map(|s| s.child.id()).collect();
         let targets: Vec<Target> = services
@@ -62,10 +73,18 @@ impl Env {
             sc.clients,
             &prefix,
             replay.clone(),
-            Duration::from_secs_f64(self.secs),
+            Duration::from_secs_f64(if proxy.is_some() {
+                self.limit_secs
+            } else {
+                self.secs
+            }),
             usize::MAX,
         )
         .await;
+        let figures = match (&proxy, sc.limits) {
+            (Some(p), Some(rate)) => Some(self.proxy_figures(p, rate).await?),
+            _ => None,
+        };
         let cpu = cpu_of(&pids)? - cpu0;
         let emu = emulator_cpu_secs(&self.emulator)
             .zip(emu0)
@@ -79,7 +98,9 @@ impl Env {
             .into_iter()
             .fold(0.0, f64::max);
         drop(services);
+        drop(proxy);
         let mut row = self.row(sc, runner, &m);
+        row.proxy = figures;
         row.cpu_ms_per_order = Some(cpu * 1000.0 / row.orders.max(1) as f64);
         row.emulator_cpu_ms_per_order = emu.map(|e| e * 1000.0 / row.orders.max(1) as f64);
         row.peak_rss_mb = Some(rss);

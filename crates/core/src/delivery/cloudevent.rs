@@ -167,7 +167,7 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Delivery {
             payload.map(|p| with_key(p, ce_key))
         } else if e.ty.starts_with(FIRESTORE_DOCUMENT) {
             // The document's name is its domain identity: a re-written request document is
-            // still one order, whatever its event ID.
+            // still one piece of work, whatever its event ID.
             match e.data {
                 None => Err(env("data", "is required")),
                 Some(Data::Json(v)) => firestore_event::decode_json(&v),
@@ -219,7 +219,7 @@ mod tests {
             ("ce-id", "evt-1".into()),
             (
                 "ce-source",
-                "//pubsub.googleapis.com/projects/p/topics/orders".into(),
+                "//pubsub.googleapis.com/projects/p/topics/votes".into(),
             ),
             ("ce-type", ty.into()),
             ("content-type", ct.into()),
@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn binary_pubsub_event() {
-        let body = json!({"message": {"data": pubsub::encode_data(br#"{"order_id":"o"}"#), "messageId": "m-1"},
+        let body = json!({"message": {"data": pubsub::encode_data(br#"{"vote_id":"v"}"#), "messageId": "m-1"},
                           "subscription": "projects/p/subscriptions/eventarc-sub"});
         let d = decode_request(
             &h(&ce(PUBSUB_PUBLISHED, "application/json")),
@@ -245,9 +245,9 @@ mod tests {
         assert_eq!(
             d.payload,
             Ok(Payload::Work {
-                json: json!({"order_id":"o"}),
+                json: json!({"vote_id":"v"}),
                 fallback_key: Some(
-                    "cloudevent://pubsub.googleapis.com/projects/p/topics/orders/evt-1".into()
+                    "cloudevent://pubsub.googleapis.com/projects/p/topics/votes/evt-1".into()
                 )
             })
         );
@@ -255,8 +255,8 @@ mod tests {
 
     #[test]
     fn structured_event_with_json_and_base64_data() {
-        let body = json!({"specversion":"1.0","id":"e-2","source":"/shop","type":"com.example.order",
-                          "datacontenttype":"application/json","data":{"order_id":"o-2"}});
+        let body = json!({"specversion":"1.0","id":"e-2","source":"/polls","type":"com.example.vote",
+                          "datacontenttype":"application/json","data":{"vote_id":"v-2"}});
         let d = decode_request(
             &headers(&[(
                 "content-type",
@@ -266,29 +266,29 @@ mod tests {
         );
         assert_eq!(d.meta.id.as_deref(), Some("e-2"));
         assert!(
-            matches!(d.payload, Ok(Payload::Work { ref json, .. }) if json["order_id"] == "o-2")
+            matches!(d.payload, Ok(Payload::Work { ref json, .. }) if json["vote_id"] == "v-2")
         );
-        let body = json!({"specversion":"1.0","id":"e-3","source":"/shop","type":"com.example.order",
-                          "data_base64": pubsub::encode_data(br#"{"order_id":"o-3"}"#)});
+        let body = json!({"specversion":"1.0","id":"e-3","source":"/polls","type":"com.example.vote",
+                          "data_base64": pubsub::encode_data(br#"{"vote_id":"v-3"}"#)});
         let d = decode_request(
             &headers(&[("content-type", "application/cloudevents+json")]),
             body.to_string().as_bytes(),
         );
         assert!(
-            matches!(d.payload, Ok(Payload::Work { ref json, .. }) if json["order_id"] == "o-3")
+            matches!(d.payload, Ok(Payload::Work { ref json, .. }) if json["vote_id"] == "v-3")
         );
     }
 
     #[test]
     fn missing_attributes_and_bad_data_are_envelope_errors() {
-        let mut no_id = ce("com.example.order", "application/json");
+        let mut no_id = ce("com.example.vote", "application/json");
         no_id.retain(|(k, _)| *k != "ce-id");
         let d = decode_request(&h(&no_id), b"{}");
         assert_eq!(d.mode, Mode::Push);
         assert!(
             matches!(d.payload, Err(DeliveryError::Envelope { ref field, .. }) if field == "ce-id")
         );
-        let d = decode_request(&h(&ce("com.example.order", "application/json")), b"{nope");
+        let d = decode_request(&h(&ce("com.example.vote", "application/json")), b"{nope");
         assert!(d.payload.is_err());
         let d = decode_request(
             &h(&ce(PUBSUB_PUBLISHED, "application/json")),

@@ -62,19 +62,19 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("content-type", "application/json".parse().unwrap());
         h.insert("x-cloudtasks-taskname", "task-7".parse().unwrap());
-        h.insert("x-cloudtasks-queuename", "orders".parse().unwrap());
+        h.insert("x-cloudtasks-queuename", "votes".parse().unwrap());
         h.insert("x-cloudtasks-taskretrycount", "2".parse().unwrap());
         h.insert("x-cloudtasks-taskexecutioncount", "1".parse().unwrap());
-        let d = decode(&h, br#"{"restock_id":"r"}"#);
+        let d = decode(&h, br#"{"vote_id":"v"}"#);
         assert_eq!(d.mode, Mode::Push);
         assert_eq!(d.meta.source, "cloudtasks");
         assert_eq!(d.meta.id.as_deref(), Some("task-7"));
         assert_eq!(d.meta.attempt, Some(2));
-        assert_eq!(d.meta.attrs["queue"], "orders");
+        assert_eq!(d.meta.attrs["queue"], "votes");
         let Ok(Payload::Work { fallback_key, .. }) = d.payload else {
             panic!("{:?}", d.payload)
         };
-        assert_eq!(fallback_key.as_deref(), Some("cloudtasks:orders/task-7"));
+        assert_eq!(fallback_key.as_deref(), Some("cloudtasks:votes/task-7"));
         let mut bad = h.clone();
         bad.insert("content-type", "text/plain".parse().unwrap());
         assert!(decode(&bad, b"{}").payload.is_err());

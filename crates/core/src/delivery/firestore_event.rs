@@ -58,7 +58,7 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Payload, DeliveryError> {
 
 fn deleted() -> Payload {
     Payload::Skip {
-        reason: "document deleted: no order to process".into(),
+        reason: "document deleted: no work to process".into(),
     }
 }
 
@@ -212,21 +212,21 @@ mod tests {
             e
         }
         let mut string_v = Vec::new();
-        ld(17, b"o-77", &mut string_v); // Value.string_value = 17
-        let mut item_v = Vec::new();
-        ld(17, b"apple", &mut item_v);
+        ld(17, b"v-77", &mut string_v); // Value.string_value = 17
+        let mut poll_v = Vec::new();
+        ld(17, b"p1", &mut poll_v);
         let mut int_v = Vec::new();
         varint(2 << 3, &mut int_v); // Value.integer_value = 2, varint
         varint(3, &mut int_v);
         let mut doc = Vec::new();
         ld(
             1,
-            b"projects/p/databases/(default)/documents/order_requests/r1",
+            b"projects/p/databases/(default)/documents/vote_requests/r1",
             &mut doc,
         );
-        ld(2, &entry("order_id", &string_v), &mut doc); // Document.fields = 2 (map entries)
-        ld(2, &entry("item_id", &item_v), &mut doc);
-        ld(2, &entry("quantity", &int_v), &mut doc);
+        ld(2, &entry("vote_id", &string_v), &mut doc); // Document.fields = 2 (map entries)
+        ld(2, &entry("poll", &poll_v), &mut doc);
+        ld(2, &entry("weight", &int_v), &mut doc);
         let mut data = Vec::new();
         ld(1, &doc, &mut data); // DocumentEventData.value = 1
         data
@@ -238,9 +238,9 @@ mod tests {
         assert_eq!(
             p,
             Payload::Work {
-                json: json!({"order_id":"o-77","item_id":"apple","quantity":3}),
+                json: json!({"vote_id":"v-77","poll":"p1","weight":3}),
                 fallback_key: Some(
-                    "firestore-document:projects/p/databases/(default)/documents/order_requests/r1"
+                    "firestore-document:projects/p/databases/(default)/documents/vote_requests/r1"
                         .into()
                 )
             }
@@ -254,13 +254,13 @@ mod tests {
             value_type: Some(ValueType::MapValue(pb::MapValue {
                 fields: [
                     (
-                        "item_id".to_string(),
+                        "poll".to_string(),
                         pb::Value {
                             value_type: Some(ValueType::StringValue("a".into())),
                         },
                     ),
                     (
-                        "quantity".to_string(),
+                        "weight".to_string(),
                         pb::Value {
                             value_type: Some(ValueType::IntegerValue(2)),
                         },
@@ -271,14 +271,14 @@ mod tests {
             })),
         };
         fields.insert(
-            "items".to_string(),
+            "ballots".to_string(),
             pb::Value {
                 value_type: Some(ValueType::ArrayValue(pb::ArrayValue { values: vec![line] })),
             },
         );
         let data = DocumentEventData {
             value: Some(pb::Document {
-                name: "projects/p/databases/(default)/documents/order_requests/r2".into(),
+                name: "projects/p/databases/(default)/documents/vote_requests/r2".into(),
                 fields,
                 ..Default::default()
             }),
@@ -287,7 +287,7 @@ mod tests {
         let Payload::Work { json, .. } = decode_protobuf(&data.encode_to_vec()).unwrap() else {
             panic!("skipped")
         };
-        assert_eq!(json, json!({"items":[{"item_id":"a","quantity":2}]}));
+        assert_eq!(json, json!({"ballots":[{"poll":"a","weight":2}]}));
         let deleted = DocumentEventData {
             old_value: data.value.clone(),
             ..Default::default()
@@ -317,18 +317,15 @@ mod tests {
 
     #[test]
     fn json_event_data_decodes() {
-        let v = json!({"value": {"name": "projects/p/databases/(default)/documents/order_requests/r3",
-            "fields": {"order_id": {"stringValue": "o-3"}, "item_id": {"stringValue": "pear"},
-                       "quantity": {"integerValue": "4"}},
+        let v = json!({"value": {"name": "projects/p/databases/(default)/documents/vote_requests/r3",
+            "fields": {"vote_id": {"stringValue": "v-3"}, "poll": {"stringValue": "p2"},
+                       "weight": {"integerValue": "4"}},
             "createTime": "2026-11-23T10:00:00Z"}, "updateMask": {"fieldPaths": []}});
         let Payload::Work { json, fallback_key } = decode_json(&v).unwrap() else {
             panic!("skipped")
         };
-        assert_eq!(
-            json,
-            json!({"order_id":"o-3","item_id":"pear","quantity":4})
-        );
-        assert!(fallback_key.unwrap().ends_with("order_requests/r3"));
+        assert_eq!(json, json!({"vote_id":"v-3","poll":"p2","weight":4}));
+        assert!(fallback_key.unwrap().ends_with("vote_requests/r3"));
         assert!(matches!(
             decode_json(&json!({"oldValue": {}})),
             Ok(Payload::Skip { .. })

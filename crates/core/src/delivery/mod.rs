@@ -14,7 +14,7 @@
 //!
 //! CloudEvent types: `google.cloud.pubsub.topic.v1.messagePublished` carries a Pub/Sub push
 //! envelope; `google.cloud.firestore.document.v1.*` carries `DocumentEventData` (protobuf by
-//! default, JSON on request) and the order is the document's fields; any other type carries the
+//! default, JSON on request) and the work is the document's fields; any other type carries the
 //! payload itself. The operation logic never sees an envelope.
 
 pub mod cloudevent;
@@ -48,7 +48,7 @@ pub enum Mode {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Payload {
     /// Work to do: the operation's JSON, and the transport identity to key it by when the
-    /// payload carries no domain identity (`order_id`).
+    /// payload carries no domain identity (a `vote_id`).
     Work {
         /// The JSON the operation is parsed from.
         json: Value,
@@ -401,7 +401,7 @@ mod tests {
     fn transport_identities_are_bounded() {
         let huge = "m".repeat(MAX_TRANSPORT_ID_BYTES + 1);
         let envelope = serde_json::json!({
-            "message": {"data": pubsub::encode_data(br#"{"item_id":"a","quantity":1}"#),
+            "message": {"data": pubsub::encode_data(br#"{"poll":"a","vote_id":"v-1"}"#),
                         "messageId": huge},
             "subscription": "projects/p/subscriptions/s"
         });
@@ -426,9 +426,9 @@ mod tests {
                 ("ce-specversion", "1.0"),
                 ("ce-id", "e-1"),
                 ("ce-source", &source),
-                ("ce-type", "com.example.order"),
+                ("ce-type", "com.example.vote"),
             ]),
-            br#"{"item_id":"a","quantity":1}"#,
+            br#"{"poll":"a","vote_id":"v-1"}"#,
         );
         assert!(
             matches!(&d.payload, Err(DeliveryError::Envelope { field, .. }) if field == "ce_source"),

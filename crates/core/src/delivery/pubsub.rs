@@ -144,14 +144,14 @@ mod tests {
         json!({
             "message": {"data": data, "attributes": {"k": "v"}, "messageId": "136969346945",
                         "publishTime": "2026-11-23T10:00:00.000Z"},
-            "subscription": "projects/p/subscriptions/orders-push",
+            "subscription": "projects/p/subscriptions/votes-push",
             "deliveryAttempt": 3
         })
     }
 
     #[test]
     fn push_envelope_decodes() {
-        let body = envelope(json!(encode_data(br#"{"order_id":"o-1"}"#)));
+        let body = envelope(json!(encode_data(br#"{"vote_id":"v-1"}"#)));
         let d = decode_request(
             &headers(&[("content-type", "application/json")]),
             body.to_string().as_bytes(),
@@ -162,12 +162,12 @@ mod tests {
         assert_eq!(d.meta.attempt, Some(3));
         assert_eq!(
             d.meta.attrs["subscription"],
-            "projects/p/subscriptions/orders-push"
+            "projects/p/subscriptions/votes-push"
         );
         assert_eq!(
             d.payload,
             Ok(Payload::Work {
-                json: json!({"order_id":"o-1"}),
+                json: json!({"vote_id":"v-1"}),
                 fallback_key: Some("pubsub:136969346945".into())
             })
         );
@@ -203,9 +203,9 @@ mod tests {
             ),
             ("x-goog-pubsub-publish-time", "2026-12-03T09:38:46.095Z"),
             ("x-goog-ordering-key", "k1"),
-            ("origin", "shop"),
+            ("origin", "polls"),
         ]);
-        let d = decode_request(&h, br#"{"order_id":"o-1"}"#);
+        let d = decode_request(&h, br#"{"vote_id":"v-1"}"#);
         assert_eq!(d.mode, Mode::Push);
         assert_eq!(d.meta.source, "pubsub");
         assert_eq!(d.meta.id.as_deref(), Some("42"));
@@ -214,7 +214,7 @@ mod tests {
         assert_eq!(
             d.payload,
             Ok(Payload::Work {
-                json: json!({"order_id":"o-1"}),
+                json: json!({"vote_id":"v-1"}),
                 fallback_key: Some("pubsub:42".into())
             })
         );
@@ -226,11 +226,11 @@ mod tests {
     #[test]
     fn unwrapped_push_without_metadata_is_declared_or_recognised() {
         let h = headers(&[("content-type", "application/x-www-form-urlencoded")]);
-        let d = crate::delivery::decode_declared(&h, br#"{"order_id":"o-2"}"#, Some("pubsub"));
+        let d = crate::delivery::decode_declared(&h, br#"{"vote_id":"v-2"}"#, Some("pubsub"));
         assert_eq!((d.mode, d.meta.source.as_str()), (Mode::Push, "pubsub"));
         assert_eq!(d.meta.id, None);
         // Undeclared, the same request is a direct call refused for its media type.
-        let d = decode_request(&h, br#"{"order_id":"o-2"}"#);
+        let d = decode_request(&h, br#"{"vote_id":"v-2"}"#);
         assert_eq!(d.mode, Mode::Direct);
         // Google's push agent, body not an envelope: an unwrapped push.
         let h = headers(&[(

@@ -18,7 +18,7 @@ pub fn problem_type(reason: &str) -> String {
     format!("/problems/{}", reason.replace('_', "-"))
 }
 
-/// "insufficient_stock" → "Insufficient stock".
+/// "poll_closed" → "Poll closed".
 pub fn title(reason: &str) -> String {
     let s = reason.replace('_', " ");
     let mut c = s.chars();
@@ -65,7 +65,7 @@ pub fn processed(operation_id: &str, kind: &str, result: &Map<String, Value>) ->
 }
 
 /// The stored answer of a rejection: a 409 problem naming the operation and the reason,
-/// plus the rejection's own members (`item_id`, `available`).
+/// plus the rejection's own members.
 pub fn rejected(operation_id: &str, kind: &str, r: &Rejection) -> StoredResponse {
     let mut extra = Map::new();
     extra.insert("operation_id".into(), json!(operation_id));

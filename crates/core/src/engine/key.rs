@@ -8,9 +8,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// Hex sha256 of `namespace:key`: the document ID of a status document (namespace = operation
-/// kind) or of a business document derived from a caller's ID (e.g. `orders/{hash(order_id)}`).
+/// kind) or of a business document derived from a caller's ID (e.g. `votes/{hash(vote_id)}`).
 ///
-/// Namespacing keeps an order and a restock that share a raw key from colliding.
+/// Namespacing keeps two kinds that share a raw key from colliding.
 pub fn hashed_id(namespace: &str, key: &str) -> String {
     let mut h = Sha256::new();
     h.update(namespace.as_bytes());
@@ -21,7 +21,7 @@ pub fn hashed_id(namespace: &str, key: &str) -> String {
 
 /// True when `id` can be used verbatim as a Firestore document ID.
 ///
-/// Used for IDs that name existing business documents (an `item_id`), which cannot be hashed
+/// Used for IDs that name existing business documents (a poll's ID), which cannot be hashed
 /// because the operator created them under their own name.
 pub fn is_valid_document_id(id: &str) -> bool {
     !id.is_empty()
@@ -74,24 +74,24 @@ mod tests {
     #[test]
     fn hashed_ids_are_safe_and_namespaced() {
         for key in ["a/b", "..", ".", "__x__", "ünï/cødé", &"k".repeat(2048), ""] {
-            let id = hashed_id("order", key);
+            let id = hashed_id("vote", key);
             assert_eq!(id.len(), 64);
             assert!(is_valid_document_id(&id));
             assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
         }
-        assert_ne!(hashed_id("order", "1"), hashed_id("restock", "1"));
-        assert_eq!(hashed_id("order", "1"), hashed_id("order", "1"));
+        assert_ne!(hashed_id("vote", "1"), hashed_id("refund", "1"));
+        assert_eq!(hashed_id("vote", "1"), hashed_id("vote", "1"));
         // The separator keeps ("a:b","c") and ("a","b:c") apart only through the namespace
         // being a fixed kind name; check the documented value so a change is noticed.
         assert_eq!(
-            hashed_id("order", "o-1"),
-            hex::encode(Sha256::digest(b"order:o-1"))
+            hashed_id("vote", "v-1"),
+            hex::encode(Sha256::digest(b"vote:v-1"))
         );
     }
 
     #[test]
     fn document_id_rules() {
-        assert!(is_valid_document_id("apple"));
+        assert!(is_valid_document_id("poll-1"));
         assert!(is_valid_document_id("ünïcode"));
         assert!(is_valid_document_id("_x_"));
         assert!(!is_valid_document_id(""));
@@ -105,10 +105,10 @@ mod tests {
 
     #[test]
     fn fingerprint_depends_on_kind_and_payload() {
-        let a = Fingerprint::of("order", &("x", 1));
-        assert_eq!(a, Fingerprint::of("order", &("x", 1)));
-        assert_ne!(a, Fingerprint::of("order", &("x", 2)));
-        assert_ne!(a, Fingerprint::of("restock", &("x", 1)));
+        let a = Fingerprint::of("vote", &("x", 1));
+        assert_eq!(a, Fingerprint::of("vote", &("x", 1)));
+        assert_ne!(a, Fingerprint::of("vote", &("x", 2)));
+        assert_ne!(a, Fingerprint::of("refund", &("x", 1)));
         assert_eq!(a.to_hex().len(), 64);
     }
 }

@@ -1,6 +1,6 @@
 //! The engine contract: everything an operation, a workflow or an envelope needs to know, and
 //! nothing that does I/O. No Firestore calls, no axum: the [guard](crate::guard) is the only
-//! code that turns these values into a commit, and [`crate::shop`] is one domain built on them.
+//! code that turns these values into a commit; a service's kinds are built on them.
 //!
 //! - [`Operation`]: one unit of work with a key, a fingerprint, the documents it reads and a
 //!   pure [`Operation::decide`] that returns a [`Decision`] (writes, or a durable rejection).

@@ -7,7 +7,7 @@
 //! read-before-write rule, retries or replay.
 //!
 //! Because `decide` is pure, the guard can fold several operations over one evolving snapshot
-//! and commit them together (group commit for a hot item), and tests need no emulator.
+//! and commit them together (group commit for a hot document), and tests need no emulator.
 
 use crate::engine::key::Fingerprint;
 use firestore::gcloud_sdk::google::firestore::v1::{Document, Value};
@@ -19,7 +19,7 @@ use std::collections::HashMap;
 /// A document by collection and ID, relative to the database's documents root.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DocRef {
-    /// Collection ID, e.g. `items`.
+    /// Collection ID, e.g. `polls`.
     pub collection: String,
     /// Document ID; must already be a valid Firestore ID (see [`crate::engine::key`]).
     pub id: String,
@@ -75,8 +75,8 @@ pub enum OpError {
         /// Its ID.
         id: String,
     },
-    /// The decision needs these documents too, which only this snapshot showed (an order
-    /// whose shard and main stock cannot cover it gathers across every shard). Not an error:
+    /// The decision needs these documents too, which only this snapshot showed (a counter
+    /// spread over shards reads them all when the first ones cannot cover it). Not an error:
     /// the guard reads them and decides again, still before any write.
     #[error("needs {} more documents", docs.len())]
     ReadMore {
@@ -233,7 +233,7 @@ impl Write {
     }
 
     /// Overwrite the fields `value` serializes to and keep every other field of `doc`: how an
-    /// operation changes `stock` without dropping fields it does not know about.
+    /// operation changes one field without dropping fields it does not know about.
     pub fn update<T: Serialize>(doc: DocRef, value: &T) -> Result<Self, OpError> {
         let f = to_fields(&doc, value)?;
         Ok(Self {
@@ -271,11 +271,11 @@ impl Write {
 /// A rejection the business rules made: durable, stored and replayed, never retried.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rejection {
-    /// Machine-readable reason, e.g. `insufficient_stock`; also the problem type's last segment.
+    /// Machine-readable reason, e.g. `poll_closed`; also the problem type's last segment.
     pub reason: String,
     /// One sentence for a human.
     pub detail: String,
-    /// Extra JSON members for the problem body (e.g. `item_id`, `available`).
+    /// Extra JSON members for the problem body (e.g. `poll`, `closed_at`).
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -348,16 +348,16 @@ pub struct CommitReport {
 /// [`decide`](Operation::decide) only if the status document is absent, and commits the
 /// decision's writes together with the new status document.
 pub trait Operation: Send + Sync + 'static {
-    /// Namespace of the key (`order`, `restock`); part of the operation ID.
+    /// Namespace of the key (the kind's name, `vote`); part of the operation ID.
     fn kind(&self) -> &'static str;
-    /// Domain identity: the same for every delivery of the same work (an `order_id`).
+    /// Domain identity: the same for every delivery of the same work (a `vote_id`).
     fn key(&self) -> &str;
     /// sha256 of the canonical payload: a reused key with another payload is refused.
     fn fingerprint(&self) -> Fingerprint;
     /// Every document `decide` may look at. Read before any write.
     fn reads(&self) -> Vec<DocRef>;
     /// Documents whose names are only known from the first reads (a cancellation learns the
-    /// order's items from the order). Read in a second round, still before any write.
+    /// lines from the record it undoes). Read in a second round, still before any write.
     fn reads_after(&self, _first: &Snapshot) -> Vec<DocRef> {
         Vec::new()
     }
@@ -368,15 +368,20 @@ pub trait Operation: Send + Sync + 'static {
     /// commit, on the batch's first such operation: all of a batch read the same documents),
     /// with what the attempt said about the load on those documents: refused by another
     /// writer, held back by a document's write budget, more work waiting than one commit
-    /// holds. A kind that spreads hot data uses it to move or spread (the shop's orders move
-    /// a hot item's stock to shards); most operations ignore it.
+    /// holds. A kind that spreads hot data uses it to move or spread it (over shard
+    /// documents); most operations ignore it.
     fn committed(&self, _report: &CommitReport) {}
+    /// Called by its lane's leader while the operation is still queued (never once it is in
+    /// a batch): the moment to choose other documents if the kind's placement changed since
+    /// it was parsed (a hot document spread over more shards). The guard then reads
+    /// [`reads`](Operation::reads) again and moves it to the lane of its new documents.
+    fn replan(&self) {}
     /// Writes that tell other writers this instance is being refused: committed alone,
     /// best effort, after a batch's commits were refused twice in a row (and again later).
     /// Optimistic commits have no fairness: an instance that commits from what it knows
     /// (`guard::known`) never meets the conflict it causes, so a refused one changes a
-    /// document the other's next commit depends on. An order marks the main document of
-    /// each item it sells from a shard; most operations need none.
+    /// document the other's next commit depends on. A kind selling from shards marks the
+    /// main document they are spread from; most operations need none.
     fn contention_marks(&self) -> Vec<Write> {
         Vec::new()
     }

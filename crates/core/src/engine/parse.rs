@@ -14,7 +14,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct ValidationError {
-    /// JSON path of the offending field, e.g. `items[2].quantity`.
+    /// JSON path of the offending field, e.g. `lines[2].quantity`.
     pub field: String,
     /// What is wrong with it.
     pub message: String,

@@ -50,7 +50,7 @@ pub struct StatusRecord {
     pub fingerprint: String,
     /// Processed or rejected.
     pub outcome: OutcomeKind,
-    /// Rejection reason (`insufficient_stock`, …).
+    /// Rejection reason (`too_many_writes`, or a kind's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The response every delivery of this operation gets.

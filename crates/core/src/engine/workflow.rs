@@ -1,5 +1,5 @@
 //! Workflows: work that takes several commits, each step exactly once, some behind a call to
-//! the outside world (a carrier, a payment API) that cannot join a Firestore commit.
+//! the outside world (a payment API, a mail service) that cannot join a Firestore commit.
 //!
 //! A [`Workflow`] names its steps and, for each, the [`Operation`] that commits it. The
 //! runner ([`crate::guard::workflow`]) does the rest, the same way for every workflow:
@@ -31,7 +31,7 @@ use std::time::Duration;
 pub struct StepSpec {
     /// Step name, unique in its workflow (`reserve`).
     pub name: &'static str,
-    /// Operation kind of the step (`fulfil_order.reserve`); part of its operation ID.
+    /// Operation kind of the step (`{workflow}.{step}`, e.g. `refund.pay`); part of its operation ID.
     pub kind: &'static str,
     /// The step calls the outside world before it commits ([`Workflow::call`]).
     pub calls_out: bool,
@@ -58,7 +58,7 @@ pub struct StepReport {
 pub trait Workflow: Send + Sync + 'static {
     /// The task kind; the task's operation ID is `sha256("<kind>:" + key)`.
     fn kind(&self) -> &'static str;
-    /// Domain identity of this run (an `order_id`), the same for every delivery.
+    /// Domain identity of this run (a `refund_id`), the same for every delivery.
     fn key(&self) -> &str;
     /// The steps, in order.
     fn steps(&self) -> &'static [StepSpec];
@@ -75,7 +75,7 @@ pub trait Workflow: Send + Sync + 'static {
         Box::pin(async { Ok(Value::Null) })
     }
     /// Members the answer adds to `operation_id`, `kind`, `outcome` and `steps` once every
-    /// step is done (the fulfilment's `order_id` and `carrier_ref`).
+    /// step is done (a payment's reference).
     fn answer(&self, _reports: &[StepReport]) -> Map<String, Value> {
         Map::new()
     }
@@ -96,7 +96,7 @@ pub struct TaskRecord {
     pub operation_id: String,
     /// The workflow's kind.
     pub kind: String,
-    /// The raw key (the order ID).
+    /// The raw key (the workflow run's domain ID).
     pub key: String,
     /// Every step, in order, with its operation ID.
     pub steps: Vec<TaskStep>,

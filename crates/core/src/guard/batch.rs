@@ -20,6 +20,10 @@ enum Attempt {
     /// Nothing was written; some operation needs more documents: read them and fold again
     /// at once (not contention, so no back-off).
     ReadMore,
+    /// Nothing was sent: a document the commit writes has no budget left for this long.
+    /// Wait, then read again: what was read before the wait is likely stale by then (another
+    /// writer of a shared document commits in it), and committing it would only be refused.
+    Throttled(Duration),
 }
 
 /// Jittered back-off before attempt `attempt + 1`: short, because a refused precondition
@@ -29,7 +33,11 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(cap / 4 + fastrand::u64(0..=cap * 3 / 4))
 }
 
-/// Most rounds of extra reads one batch may ask for (an order gathers once per line).
+/// Most waits for a document's budget one batch makes before it gives up (each is at most
+/// one interval; another lane of this instance can take the token first).
+const MAX_BUDGET_WAITS: u32 = 16;
+
+/// Most rounds of extra reads one batch may ask for (an operation may ask once per document it spreads over).
 const MAX_READ_ROUNDS: u32 = 8;
 
 impl Inner {
@@ -44,13 +52,22 @@ impl Inner {
         let mut attempt = 0;
         let mut rounds = 0;
         let mut conflicts = 0;
+        let mut waits = 0;
+        let mut load = *load;
         loop {
-            let last = match self.attempt(batch, &mut extra, load).await {
+            let last = match self.attempt(batch, &mut extra, &load).await {
                 Ok(replies) => return replies,
                 Err(Attempt::ReadMore) if rounds < MAX_READ_ROUNDS => {
                     rounds += 1;
                     continue;
                 }
+                Err(Attempt::Throttled(wait)) if waits < MAX_BUDGET_WAITS => {
+                    waits += 1;
+                    load.throttled = true;
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Err(Attempt::Throttled(_)) => None,
                 Err(Attempt::ReadMore) => None,
                 Err(Attempt::Conflict(e)) => {
                     self.metrics.retry(true);
@@ -72,7 +89,13 @@ impl Inner {
                 tracing::warn!(attempts = attempt, error = %e, "batch gave up");
                 return batch.iter().map(|_| Err(e.clone())).collect();
             }
-            if matches!(&last, Some(e) if e.is_conflict()) && matches!(conflicts, 2 | 5) {
+            // Under a write budget every writer of a document leaves gaps another can commit
+            // in; only unthrottled writers (the emulator's terms) can starve one another.
+            let unthrottled = self.budget.budget().is_none();
+            if unthrottled
+                && matches!(&last, Some(e) if e.is_conflict())
+                && matches!(conflicts, 2 | 5)
+            {
                 self.mark_contention(batch).await;
             }
             tracing::debug!(attempt, error = ?last.map(|e| e.to_string()), "batch retried on fresh reads");
@@ -237,6 +260,7 @@ impl Inner {
                 tracing::debug!(error = %e, "commit from known versions refused; reading");
                 None
             }
+            throttled @ Err(Attempt::Throttled(_)) => Some(throttled),
             done => {
                 self.metrics.commit_without_read(false);
                 Some(done)
@@ -276,7 +300,7 @@ impl Inner {
     /// left in [`known`] (or forgets it when the commit failed or its outcome is unknown).
     /// `from_known`: the fold used the record, not a read. Only documents the fold read
     /// (`read`) are recorded: the next batch reads those again; a document only created
-    /// (an order) is not.
+    /// (a new record) is not.
     async fn commit(
         &self,
         batch: &[Pending],
@@ -285,10 +309,6 @@ impl Inner {
         from_known: bool,
         load: &Load,
     ) -> Result<Vec<Reply>, Attempt> {
-        let hook = lock(&self.before_commit).take();
-        if let Some(hook) = hook {
-            hook().await;
-        }
         // Every business document this commit writes (or verifies) spends a token of its
         // budget, a created one too (a shard a refill creates is written again at once);
         // status documents are written once each, never hot.
@@ -300,10 +320,11 @@ impl Inner {
             .cloned()
             .collect();
         let budgeted: Vec<&DocRef> = budgeted.iter().collect();
-        let mut throttled = load.throttled;
-        while let Err(wait) = self.budget.take(&budgeted) {
-            throttled = true;
-            tokio::time::sleep(wait).await;
+        self.budget.take(&budgeted).map_err(Attempt::Throttled)?;
+        let throttled = load.throttled;
+        let hook = lock(&self.before_commit).take();
+        if let Some(hook) = hook {
+            hook().await;
         }
         // Business documents written, with their place in the commit (its write results
         // come in the same order).
@@ -323,7 +344,7 @@ impl Inner {
             .collect();
         let committed = self.driver.commit(folded.writes).await;
         // A commit from the record refused only because a status document exists (a
-        // redelivery decided elsewhere) says nothing about contention on the item.
+        // redelivery decided elsewhere) says nothing about contention on the documents.
         let contended = match &committed {
             Err(e) if from_known => e.is_conflict() && e.code != Some(Code::AlreadyExists),
             Err(e) => e.is_conflict(),

@@ -8,7 +8,7 @@
 //! A token bucket per document: `per_sec` tokens a second, at most `burst` held. Every
 //! business document a commit writes is counted; status documents are not (each is created
 //! once, never hot). The buckets are this instance's; instances keep to the budget together
-//! by writing different documents (a kind spreads a hot item over shards, see
+//! by writing different documents (a kind spreads a hot document over shards, see
 //! `Operation::committed`).
 
 use crate::engine::DocRef;
@@ -103,7 +103,7 @@ impl Buckets {
 
     /// Take a token from each of `docs` if every one has one; else take none and answer how
     /// long until they all will. All or nothing, so two lanes of this instance that share a
-    /// document (a shard's refill writes the item's main document) never both spend it.
+    /// document (a shard's refill writes the document it is spread from) never both spend it.
     pub fn take(&self, docs: &[&DocRef]) -> Result<(), Duration> {
         let Some(b) = self.budget else {
             return Ok(());
@@ -155,7 +155,7 @@ mod tests {
     use super::*;
 
     fn doc(id: &str) -> DocRef {
-        DocRef::new("items", id)
+        DocRef::new("counters", id)
     }
 
     #[test]

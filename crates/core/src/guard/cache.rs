@@ -120,7 +120,7 @@ mod tests {
         let now = FirestoreInstant::now();
         StatusRecord {
             operation_id: id.into(),
-            kind: "order".into(),
+            kind: "vote".into(),
             key: id.into(),
             fingerprint: "f".repeat(64),
             outcome: OutcomeKind::Processed,

@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn field_paths_are_quoted_when_needed() {
-        assert_eq!(field_path("stock"), "stock");
+        assert_eq!(field_path("votes"), "votes");
         assert_eq!(field_path("_a1"), "_a1");
         assert_eq!(field_path("1a"), "`1a`");
         assert_eq!(field_path("a.b"), "`a.b`");

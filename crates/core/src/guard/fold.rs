@@ -13,8 +13,8 @@
 //!   not write (see [`Guarded::Verify`]), so no rejection rests on a stale read.
 //!
 //! The commit stays inside Firestore's limit of writes per commit: the writes of one batch
-//! to the same document are merged into one (a hot item's stock is written once per commit,
-//! however many orders it serves), and operations past the limit are left for the next
+//! to the same document are merged into one (a hot counter is written once per commit,
+//! however many operations it serves), and operations past the limit are left for the next
 //! batch ([`Folded::taken`]). An operation that alone needs more writes than one commit can
 //! hold is refused durably (`too_many_writes`), since no retry could ever apply it.
 //!

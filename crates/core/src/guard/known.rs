@@ -1,8 +1,8 @@
 //! What this instance's own commits left in Firestore: each business document it wrote last,
 //! with the fields it wrote and the `update_time` the commit answered.
 //!
-//! An instance that keeps writing the same documents (a hot item's main document, its own
-//! stock shard) knows their state without reading them: nobody else writes them, or rarely.
+//! An instance that keeps writing the same documents (a hot counter, its own shard of one)
+//! knows their state without reading them: nobody else writes them, or rarely.
 //! The guard then skips the read round trip and commits straight from this record, with the
 //! same preconditions a fresh read would carry (`update_time` as recorded, `exists: false`
 //! for each new status document). If anything changed meanwhile (another instance wrote the
@@ -61,7 +61,7 @@ mod tests {
     use firestore::gcloud_sdk::prost_types::Timestamp;
 
     fn doc(id: &str) -> DocRef {
-        DocRef::new("items", id)
+        DocRef::new("counters", id)
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Leases for steps that call the outside world.
 //!
-//! A Firestore transaction cannot include an HTTP call to a carrier or a payment API, so such
+//! A Firestore transaction cannot include an HTTP call to a mail service or a payment API, so such
 //! a step cannot be exactly-once by itself. What the guard can promise: two deliveries never
 //! run the call at the same time (the lease), the step's Firestore result is committed once
 //! together with the lease's release (its status document), and a call is repeated only after

@@ -15,8 +15,9 @@
 //!
 //! Inside one instance, operations that read the same documents are queued on a *lane* and
 //! folded into one commit (group commit), and lanes that share a document take a striped
-//! lock first so one instance never conflicts with itself. Across instances, hot items are
-//! spread over stock shards (`shop::stock`) so instances write different documents.
+//! lock first so one instance never conflicts with itself. Across instances, a kind spreads
+//! hot data over shard documents (told how its commits fare, `Operation::committed`) so
+//! instances write different documents.
 
 mod batch;
 pub mod budget;
@@ -66,7 +67,8 @@ pub struct GuardConfig {
     /// Byte budget of the in-process cache of completed outcomes (see [`cache`]); 0 disables it.
     pub replay_cache_bytes: u64,
     /// Commit from what this instance's own commits left, without reading, where that is
-    /// safe (see [`known`]).
+    /// safe (a record of the versions its own commits answered, checked by the same
+    /// preconditions as a read).
     pub commit_from_known: bool,
 }
 
@@ -281,10 +283,11 @@ async fn lead_lane(inner: Arc<Inner>, lane: Vec<DocRef>) {
             // A caller that stopped waiting has already answered 503; skip its work.
             q.retain(|p| !p.reply.is_closed());
             // An operation whose kind moved it to other documents since it queued (a hot
-            // item spread over more shards) goes to its new lane.
+            // document spread over more shards) goes to its new lane.
             let mut moved = Vec::new();
             let mut stay = VecDeque::with_capacity(q.len());
             for p in q.drain(..) {
+                p.op.replan();
                 let now = lane_of(p.op.as_ref());
                 if now == lane {
                     stay.push_back(p);

@@ -11,7 +11,7 @@
 //! and for at most [`DRAIN_FOR`], before the answer is sent (nginx's lingering close does the
 //! same): a server that closes a connection with unread request bytes makes the kernel reset
 //! it, and the client then sees a broken connection instead of the 503 and its `Retry-After`.
-//! Orders and push envelopes are far smaller than that, so their senders always read the 503;
+//! Work payloads and push envelopes are far smaller than that, so their senders always read the 503;
 //! a larger body may see its connection closed, which every sender retries just the same.
 
 use super::error::ApiError;
@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 
 /// Longest a shed request's body is drained before the connection is answered anyway.
 pub const DRAIN_FOR: Duration = Duration::from_secs(2);
-/// Most bytes of a shed request's body that are drained: far more than any order or push
+/// Most bytes of a shed request's body that are drained: far more than any payload or push
 /// envelope needs, far less than the body limit, so that a flood of large bodies costs
 /// connections × this at most, not connections × the body limit.
 pub const DRAIN_MAX: usize = 64 * 1024;

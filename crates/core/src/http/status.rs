@@ -9,7 +9,7 @@
 //! 1. `operations/{id}`: the status document of a finished operation (processed or rejected);
 //! 2. `leases/{id}`: a step that calls the outside world and is running (`in_progress`) or
 //!    whose holder died before finishing (`pending`, the next delivery takes it over);
-//! 3. `tasks/{id}`: a multi-step task (`fulfil_order`), answered with each step's state.
+//! 3. `tasks/{id}`: a multi-step task (a workflow), answered with each step's state.
 //!
 //! Nothing found is a 404: the ID was never seen, its status document expired, or it is a task
 //! rejected at its first step (whose answer named that step's operation ID instead).
@@ -124,7 +124,7 @@ impl LeaseStatus {
 /// The multi-step task a step belongs to.
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 pub struct TaskRef {
-    /// The task's kind, `fulfil_order`.
+    /// The task's kind (the workflow's).
     pub kind: String,
     /// The task's operation ID (ask for it to see every step).
     #[schema(pattern = "^[0-9a-f]{64}$")]
@@ -161,16 +161,16 @@ pub struct OperationStatus {
     /// Hex sha256 of `kind:key`, as every answer returns it.
     #[schema(pattern = "^[0-9a-f]{64}$")]
     pub operation_id: String,
-    /// Operation kind (`order`, `restock`, `fulfil_order.ship`…); absent only for a lease
+    /// Operation kind (a workflow's steps are `{workflow}.{step}`); absent only for a lease
     /// taken without naming its operation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
-    /// The raw key (`order_id`, `restock_id`, or the transport identity it fell back to).
+    /// The raw key (the payload's domain ID, or the transport identity it fell back to).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Where it stands.
     pub outcome: StatusOutcome,
-    /// Rejection reason (`insufficient_stock`, `unknown_item`…), when rejected.
+    /// Rejection reason (the kind's own, or `too_many_writes`), when rejected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// When it was decided (RFC 3339).
@@ -205,7 +205,7 @@ pub fn is_operation_id(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// The task a step kind (`fulfil_order.ship`) belongs to, among the registered workflows.
+/// The task a step kind (`{workflow}.{step}`) belongs to, among the registered workflows.
 fn task_of(registry: &Registry, kind: &str, key: &str) -> Option<TaskRef> {
     let (workflow, step) = registry.workflow_of_step(kind)?;
     Some(TaskRef {

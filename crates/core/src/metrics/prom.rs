@@ -20,7 +20,7 @@ pub struct DeliveryLabels {
     pub outcome: &'static str,
 }
 
-/// Labels of the latency histogram: the operation kind (`order`, `restock`, …; `unknown` for a
+/// Labels of the latency histogram: the operation kind (`unknown` for a
 /// kind the registry does not know, so a caller cannot grow the series without bound).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -69,7 +69,7 @@ impl Series {
         let deliveries = Family::<DeliveryLabels, Counter>::default();
         registry.register(
             "deliveries",
-            "Requests to /orders and /tasks/{kind}, by delivery source and how they ended",
+            "Work requests (/tasks/{kind} and kind routes), by delivery source and how they ended",
             deliveries.clone(),
         );
         let latency = Family::<KindLabels, Histogram>::new_with_constructor(|| {
@@ -119,7 +119,7 @@ impl Series {
         let in_flight = Gauge::default();
         registry.register(
             "in_flight_requests",
-            "Requests to /orders and /tasks/{kind} being worked on now",
+            "Work requests (/tasks/{kind} and kind routes) being worked on now",
             in_flight.clone(),
         );
         Self {
