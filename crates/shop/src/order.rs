@@ -427,8 +427,8 @@ impl Operation for Order {
                         );
                     }
                     if !report.conflict {
-                        let full = report.full;
-                        self.placement.committed(item, k, shard, report.taken, full);
+                        let (taken, capacity) = (report.taken, report.capacity);
+                        self.placement.committed(item, k, shard, taken, capacity);
                     }
                     if overflow {
                         if let Some(set) = self.placement.grow(item, k, more, max) {

@@ -46,7 +46,8 @@ struct Plan {
     last: Vec<Option<Instant>>,
     /// Orders that picked each of `shards` since its last commit.
     assigned: Vec<u32>,
-    /// Orders one commit held when it was full: how many a shard takes per commit.
+    /// Orders one commit holds (the guard's estimate from the last commit): how many a
+    /// shard takes per commit.
     capacity: Option<u32>,
     /// Bumped whenever the shards handed out change, so queued orders choose again.
     epoch: u32,
@@ -182,8 +183,11 @@ impl Placement {
         }
         let out: Vec<usize> = (0..plan.shards.len()).filter(|i| plan.ready[*i]).collect();
         // The next commit to leave with room: the shard whose last commit is oldest (its
-        // budget comes back first), until it has as many orders as a commit holds; in turn
-        // while that number is not known yet.
+        // budget comes back first; one never committed, at once), until it has as many
+        // orders as a commit holds; in turn while that number is not known yet. Handing them
+        // out in turn would keep every shard's commits in step with the others (clients that
+        // send again at once would all wait a whole interval); the oldest first spreads the
+        // commits over the second, so an order waits for the next one to leave.
         let next = plan.capacity.and_then(|cap| {
             out.iter()
                 .copied()
@@ -198,9 +202,9 @@ impl Placement {
         Some((plan.epoch, plan.shards[i]))
     }
 
-    /// This instance's commit on `item`'s shard `shard` went through with `taken` orders
-    /// (`full`: as many as one commit holds).
-    pub fn committed(&self, item: &str, k: u32, shard: u32, taken: usize, full: bool) {
+    /// This instance's commit on `item`'s shard `shard` went through with `taken` orders, and
+    /// one commit holds `capacity` of them.
+    pub fn committed(&self, item: &str, k: u32, shard: u32, taken: usize, capacity: usize) {
         let mut plans = self.plans();
         let Some(plan) = self.plan(&mut plans, item, k) else {
             return;
@@ -211,8 +215,8 @@ impl Placement {
         let taken = u32::try_from(taken).unwrap_or(u32::MAX);
         plan.last[i] = Some(Instant::now());
         plan.assigned[i] = plan.assigned[i].saturating_sub(taken);
-        if full && taken > 0 {
-            plan.capacity = Some(taken);
+        if capacity > 0 {
+            plan.capacity = Some(u32::try_from(capacity).unwrap_or(u32::MAX));
         }
     }
 
@@ -371,14 +375,14 @@ mod tests {
         for s in &set {
             assert_eq!(picks.iter().filter(|x| *x == s).count(), 2, "{picks:?}");
         }
-        // Once a full commit told how many a shard takes, orders go to the shard whose
+        // Once a commit told how many a shard takes, orders go to the shard whose
         // commit leaves next (the oldest last commit) until it has that many.
         for s in &set {
-            p.committed("hot", 8, *s, 9, false);
+            p.committed("hot", 8, *s, 9, 0);
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
         for s in &set[1..] {
-            p.committed("hot", 8, *s, 2, true);
+            p.committed("hot", 8, *s, 2, 2);
         }
         let next: Vec<u32> = (0..4)
             .map(|_| p.pick("hot", 8, None, false).unwrap().1)

@@ -339,6 +339,11 @@ pub struct CommitReport {
     pub taken: usize,
     /// The batch was as large as one commit may be (operations or writes).
     pub full: bool,
+    /// Operations like these one commit holds: `taken` when `full`, else as many as the
+    /// write limit allows at this commit's writes per operation (at most the batch limit).
+    /// Under a write budget a document takes one commit a second, so this is how many a
+    /// document's next commit can still carry.
+    pub capacity: usize,
 }
 
 /// A unit of work that must take effect exactly once.

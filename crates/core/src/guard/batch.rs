@@ -37,7 +37,8 @@ fn backoff(attempt: u32) -> Duration {
 /// one interval; another lane of this instance can take the token first).
 const MAX_BUDGET_WAITS: u32 = 16;
 
-/// Most rounds of extra reads one batch may ask for (an operation may ask once per document it spreads over).
+/// Most rounds of extra reads one attempt of a batch may ask for (an operation may ask once
+/// per document it spreads over).
 const MAX_READ_ROUNDS: u32 = 8;
 
 impl Inner {
@@ -64,6 +65,9 @@ impl Inner {
                 Err(Attempt::Throttled(wait)) if waits < MAX_BUDGET_WAITS => {
                     waits += 1;
                     load.throttled = true;
+                    // The next attempt decides afresh (a kind may have moved its documents
+                    // meanwhile), with its own rounds of reads.
+                    rounds = 0;
                     tokio::time::sleep(wait).await;
                     continue;
                 }
@@ -80,6 +84,7 @@ impl Inner {
                 }
             };
             attempt += 1;
+            rounds = 0;
             if attempt >= self.cfg.max_attempts {
                 self.metrics.gave_up();
                 let e = GuardError::Unavailable(Unavailable::NotSettled {
@@ -342,6 +347,7 @@ impl Inner {
                 _ => None,
             })
             .collect();
+        let writes = folded.writes.len();
         let committed = self.driver.commit(folded.writes).await;
         // A commit from the record refused only because a status document exists (a
         // redelivery decided elsewhere) says nothing about contention on the documents.
@@ -360,6 +366,12 @@ impl Inner {
             waiting: load.waiting + (batch.len() - folded.taken),
             taken: folded.taken,
             full: load.full || folded.taken < batch.len(),
+            capacity: capacity(
+                folded.taken,
+                writes,
+                self.cfg.max_writes,
+                self.cfg.batch_max,
+            ),
         };
         // Once per commit: every operation of a lane read the same documents.
         if let Some((p, _)) = batch.iter().zip(&folded.needs_commit).find(|(_, n)| **n) {
@@ -458,6 +470,16 @@ impl Inner {
     }
 }
 
+/// Operations one commit holds at `taken` operations in `writes` writes (writes one document
+/// shares, such as a stock counter, are counted as if each operation had its own, so this
+/// errs low).
+fn capacity(taken: usize, writes: usize, max_writes: usize, batch_max: usize) -> usize {
+    if taken == 0 || writes == 0 {
+        return batch_max;
+    }
+    (taken * max_writes / writes).clamp(taken.min(batch_max), batch_max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,5 +491,15 @@ mod tests {
             assert!(d <= Duration::from_millis(1000));
             assert!(d >= Duration::from_millis(2));
         }
+    }
+
+    #[test]
+    fn capacity_from_the_writes_per_operation() {
+        // 30 orders in 61 writes (a status document and an order each, one shared counter).
+        assert_eq!(capacity(30, 61, 500, 500), 245);
+        // The batch limit bounds it, and a full commit holds what it took.
+        assert_eq!(capacity(30, 61, 500, 100), 100);
+        assert_eq!(capacity(249, 499, 500, 500), 249);
+        assert_eq!(capacity(0, 0, 500, 16), 16);
     }
 }
