@@ -198,3 +198,56 @@ async fn a_contention_refusal_is_retried_and_never_reaches_the_caller() {
     let report = verify(&project, &[("hot".to_string(), 1_000)].into()).await;
     assert!(report.ok(), "{report}");
 }
+
+#[tokio::test]
+async fn a_database_write_limit_refusal_is_retried_inside_the_request() {
+    // The database takes 30 writes a second (production: 10,000); 20 one-line orders on 20
+    // items are 60 writes at once. RESOURCE_EXHAUSTED refuses a commit before applying it,
+    // so the guard retries it with back-off on fresh reads: every order is answered 200.
+    let proxy = Proxy::start(
+        Limits {
+            doc_writes_per_sec: 0.0,
+            database_writes_per_sec: 30.0,
+            database_burst: 30.0,
+            ..Limits::default()
+        },
+        emulator_host().to_string(),
+    )
+    .await
+    .expect("limits proxy");
+    let project = project();
+    let app = spawn_app_at(
+        project.clone(),
+        |c| {
+            c.core.doc_budget = None;
+            c.shop.stock_shards = 0;
+        },
+        Some(format!("http://{}", proxy.addr())),
+    )
+    .await;
+    let items: Vec<String> = (0..20).map(|i| format!("db-{i}")).collect();
+    for id in &items {
+        app.seed(id, 10).await;
+    }
+    let answers = storm(
+        &app,
+        20,
+        |i| json!({"order_id": format!("d-{i}"), "item_id": format!("db-{i}"), "quantity": 1}),
+    )
+    .await;
+    for (i, (status, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "order d-{i}: {body}");
+    }
+    let stats = proxy.stats();
+    assert!(
+        stats.totals.commits_refused_database > 0,
+        "the proxy never refused: the test proved nothing ({:?})",
+        stats.totals
+    );
+    for id in &items {
+        assert_eq!(app.stock(id).await, Some(9), "{id}");
+    }
+    let initial = items.iter().map(|id| (id.clone(), 10)).collect();
+    let report = verify(&project, &initial).await;
+    assert!(report.ok(), "{report}");
+}

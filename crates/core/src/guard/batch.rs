@@ -15,7 +15,8 @@ use std::time::Duration;
 enum Attempt {
     /// Nothing was written; decide again on fresh reads after a back-off.
     Conflict(DriverError),
-    /// A read failed or went unanswered: nothing was written; retry after a back-off.
+    /// A read failed or went unanswered, or the database refused a commit for load: nothing
+    /// was written; retry on fresh reads after a back-off.
     Failed(DriverError),
     /// Nothing was written; some operation needs more documents: read them and fold again
     /// at once (not contention, so no back-off).
@@ -33,9 +34,18 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(cap / 4 + fastrand::u64(0..=cap * 3 / 4))
 }
 
-/// Most waits for a document's budget one batch makes before it gives up (each is at most
-/// one interval; another lane of this instance can take the token first).
-const MAX_BUDGET_WAITS: u32 = 16;
+/// Most times one operation goes back to its lane for a document's budget before it gives
+/// up (each wait is at most one interval; another lane of this instance can take the token
+/// first).
+pub(super) const MAX_BUDGET_WAITS: u32 = 16;
+
+/// How [`Inner::run_batch`] ended.
+pub(super) struct BatchEnd {
+    /// A reply for each of the first `replies.len()` operations of the batch.
+    pub(super) replies: Vec<Reply>,
+    /// Nothing was sent: a document the commit writes has no budget for this long.
+    pub(super) throttled: Option<Duration>,
+}
 
 /// Most rounds of extra reads one attempt of a batch may ask for (an operation may ask once
 /// per document it spreads over).
@@ -47,31 +57,35 @@ impl Inner {
     }
 
     /// Run `batch` to its end: a reply for each operation the commit held (the first
-    /// `replies.len()`; the rest did not fit in its writes and go back to the lane).
-    pub(super) async fn run_batch(&self, batch: &[Pending], load: &Load) -> Vec<Reply> {
+    /// `replies.len()`; the rest did not fit in its writes and go back to the lane). A batch
+    /// held back by a document's budget ends with no replies and the wait: the whole batch
+    /// goes back to its lane, whose leader waits, lets each operation replan (a kind may have
+    /// moved it to a shard that commits sooner) and takes it again with what arrived
+    /// meanwhile. Waiting here instead kept the batch out of the commits of the lane it
+    /// had moved to, which took the token first every time, until every request timed out.
+    pub(super) async fn run_batch(&self, batch: &[Pending], load: &Load) -> BatchEnd {
         let mut extra: Vec<DocRef> = Vec::new();
         let mut attempt = 0;
         let mut rounds = 0;
         let mut conflicts = 0;
-        let mut waits = 0;
-        let mut load = *load;
         loop {
-            let last = match self.attempt(batch, &mut extra, &load).await {
-                Ok(replies) => return replies,
+            let last = match self.attempt(batch, &mut extra, load).await {
+                Ok(replies) => {
+                    return BatchEnd {
+                        replies,
+                        throttled: None,
+                    }
+                }
                 Err(Attempt::ReadMore) if rounds < MAX_READ_ROUNDS => {
                     rounds += 1;
                     continue;
                 }
-                Err(Attempt::Throttled(wait)) if waits < MAX_BUDGET_WAITS => {
-                    waits += 1;
-                    load.throttled = true;
-                    // The next attempt decides afresh (a kind may have moved its documents
-                    // meanwhile), with its own rounds of reads.
-                    rounds = 0;
-                    tokio::time::sleep(wait).await;
-                    continue;
+                Err(Attempt::Throttled(wait)) => {
+                    return BatchEnd {
+                        replies: Vec::new(),
+                        throttled: Some(wait),
+                    }
                 }
-                Err(Attempt::Throttled(_)) => None,
                 Err(Attempt::ReadMore) => None,
                 Err(Attempt::Conflict(e)) => {
                     self.metrics.retry(true);
@@ -92,7 +106,10 @@ impl Inner {
                     last,
                 });
                 tracing::warn!(attempts = attempt, error = %e, "batch gave up");
-                return batch.iter().map(|_| Err(e.clone())).collect();
+                return BatchEnd {
+                    replies: batch.iter().map(|_| Err(e.clone())).collect(),
+                    throttled: None,
+                };
             }
             // Under a write budget every writer of a document leaves gaps another can commit
             // in; only unthrottled writers (the emulator's terms) can starve one another.
@@ -403,6 +420,10 @@ impl Inner {
             Err(e) if e.is_conflict() => {
                 self.known.forget(docs());
                 Err(Attempt::Conflict(e))
+            }
+            Err(e) if e.is_overloaded() => {
+                self.known.forget(docs());
+                Err(Attempt::Failed(e))
             }
             Err(e) => {
                 self.known.forget(docs());

@@ -40,6 +40,14 @@ impl DriverError {
             Some(Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted)
         )
     }
+
+    /// A commit refused for load (`RESOURCE_EXHAUSTED`: the database's writes per second or
+    /// a new key range's ramp-up): Firestore asks for a retry with exponential back-off. It
+    /// is refused before anything is applied, and even if it had been applied the retry's
+    /// preconditions would find its status documents, so retrying is safe.
+    pub fn is_overloaded(&self) -> bool {
+        self.code == Some(Code::ResourceExhausted)
+    }
 }
 
 /// A document as read: its fields and version, `None` when it does not exist.
@@ -253,5 +261,9 @@ mod tests {
         assert!(!e(Some(Code::Unavailable)).is_conflict());
         assert!(!e(Some(Code::DeadlineExceeded)).is_conflict());
         assert!(!e(None).is_conflict());
+        assert!(e(Some(Code::ResourceExhausted)).is_overloaded());
+        assert!(!e(Some(Code::ResourceExhausted)).is_conflict());
+        assert!(!e(Some(Code::Unavailable)).is_overloaded());
+        assert!(!e(None).is_overloaded());
     }
 }

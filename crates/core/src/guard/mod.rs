@@ -79,6 +79,8 @@ struct Pending {
     reply: oneshot::Sender<Reply>,
     /// The request's span, parent of the batch's trace spans (`Span::none()` when not tracing).
     span: tracing::Span,
+    /// How many times its batch went back to the lane for a document's budget.
+    throttled: u32,
 }
 
 const STRIPES: usize = 1024;
@@ -177,6 +179,7 @@ impl Guard {
             operation_id,
             delivery,
             reply,
+            throttled: 0,
             span: if crate::tracing_otel::active() {
                 tracing::Span::current()
             } else {
@@ -269,8 +272,12 @@ async fn lead_lane(inner: Arc<Inner>, lane: Vec<DocRef>) {
     stripes.sort_unstable();
     stripes.dedup();
     let lane_docs: Vec<&DocRef> = lane.iter().collect();
+    // How long the last batch was told to wait for a document outside the lane (a refill's
+    // main document): the lane's own budget does not know it.
+    let mut held_back = Duration::ZERO;
     loop {
-        let wait = inner.budget.wait(&lane_docs);
+        let wait = inner.budget.wait(&lane_docs).max(held_back);
+        held_back = Duration::ZERO;
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
@@ -329,14 +336,38 @@ async fn lead_lane(inner: Arc<Inner>, lane: Vec<DocRef>) {
         for &s in &stripes {
             held.push(inner.stripes[s].lock().await);
         }
-        let replies = inner
+        let end = inner
             .run_batch(&batch, &load)
             .instrument(batch_span(&batch))
             .await;
         drop(held);
-        inner.metrics.batch(replies.len());
+        let replies = end.replies;
+        let mut rest = batch.split_off(replies.len().min(batch.len()));
+        if let Some(wait) = end.throttled {
+            held_back = wait;
+            // An operation held back this often is answered as not settled (503 and
+            // Retry-After) rather than queued for ever.
+            let (keep, give_up): (Vec<Pending>, Vec<Pending>) = rest
+                .into_iter()
+                .map(|mut p| {
+                    p.throttled += 1;
+                    p
+                })
+                .partition(|p| p.throttled <= batch::MAX_BUDGET_WAITS);
+            rest = keep;
+            for p in give_up {
+                inner.metrics.gave_up();
+                let e = GuardError::Unavailable(Unavailable::NotSettled {
+                    attempts: p.throttled,
+                    last: None,
+                });
+                tracing::warn!(operation_id = %p.operation_id, error = %e, "held back by the write budget too often");
+                let _ = p.reply.send(Err(e));
+            }
+        } else {
+            inner.metrics.batch(replies.len());
+        }
         // What the commit could not hold waits at the front of the lane for the next one.
-        let rest = batch.split_off(replies.len().min(batch.len()));
         if !rest.is_empty() {
             let mut lanes = lock(&inner.lanes);
             let q = lanes.entry(lane.clone()).or_default();
