@@ -11,37 +11,9 @@ use crate::engine::{answer, DeliveryMeta, Outcome, ParseCtx, Parsed, StepReport}
 use crate::error::ApiError;
 use crate::guard::workflow::{self, WorkflowError};
 use crate::guard::{self, GuardError};
-use crate::service::Service;
+use crate::service::{Service, Target};
 use http::HeaderMap;
 use serde_json::Value;
-
-/// What a delivery asks for: a kind, and the route it arrived on (stored on a dead letter so
-/// a redrive sends it back the same way).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    /// The route, e.g. `/tasks/vote`.
-    pub route: String,
-    /// The registered kind it runs.
-    pub kind: String,
-}
-
-impl Target {
-    /// `kind` served at `route`.
-    pub fn new(route: &str, kind: &str) -> Self {
-        Self {
-            route: route.to_string(),
-            kind: kind.to_string(),
-        }
-    }
-
-    /// `kind` at `/tasks/{kind}`.
-    pub fn task(kind: &str) -> Self {
-        Self {
-            route: format!("/tasks/{kind}"),
-            kind: kind.to_string(),
-        }
-    }
-}
 
 /// One delivery as it was received.
 pub struct Received<'a> {
@@ -188,7 +160,13 @@ async fn run(svc: &Service, r: &Received<'_>, log: &mut Decided) -> Answer {
                     body: answer::workflow(
                         &log.operation_id,
                         w.kind(),
-                        &reports,
+                        &reports
+                            .iter()
+                            .map(|r| {
+                                let o = &r.outcome;
+                                (r.step.name, o.operation_id.as_str(), o.record.outcome)
+                            })
+                            .collect::<Vec<_>>(),
                         w.answer(&reports),
                     ),
                     reports,

@@ -6,7 +6,6 @@ use crate::config::{resolve_project_id, Config};
 use crate::engine::{hashed_id, Registry};
 use crate::faults::Faults;
 use crate::guard::{workflow, Guard, GuardConfig};
-use crate::ingest::Target;
 use anyhow::Context;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use std::collections::BTreeMap;
@@ -197,4 +196,32 @@ pub async fn connect(config: Config, registry: Registry) -> anyhow::Result<Servi
     let db = connect_db(&config, &project_id, None).await?;
     let guard = Guard::new(db, GuardConfig::from(&config));
     Ok(Service::new(guard, config, project_id, registry))
+}
+
+/// What a delivery asks for: a kind, and the route it arrived on (stored on a dead letter so
+/// a redrive sends it back the same way).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The route, e.g. `/tasks/vote`.
+    pub route: String,
+    /// The registered kind it runs.
+    pub kind: String,
+}
+
+impl Target {
+    /// `kind` served at `route`.
+    pub fn new(route: &str, kind: &str) -> Self {
+        Self {
+            route: route.to_string(),
+            kind: kind.to_string(),
+        }
+    }
+
+    /// `kind` at `/tasks/{kind}`.
+    pub fn task(kind: &str) -> Self {
+        Self {
+            route: format!("/tasks/{kind}"),
+            kind: kind.to_string(),
+        }
+    }
 }

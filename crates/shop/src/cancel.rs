@@ -7,10 +7,10 @@ use super::stock::Stock;
 use crate::config::ShopConfig;
 use firestore::FirestoreInstant;
 use firestore_once_core::engine::key::{hashed_id, Fingerprint};
-use firestore_once_core::engine::record::{OutcomeKind, StatusRecord};
 use firestore_once_core::engine::{
     object, Decision, DocRef, OpError, Operation, ParseCtx, Snapshot, ValidationError, Write,
 };
+use firestore_once_core::engine::{OutcomeKind, StatusRecord};
 use serde::Serialize;
 use serde_json::{json, Map};
 

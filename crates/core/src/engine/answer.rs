@@ -3,10 +3,40 @@
 //! workflow's answer, and the answers that are never stored (skipped, dead-lettered, a
 //! redrive that still fails, an error). The HTTP layer only picks the status and headers.
 
-use super::record::{OutcomeKind, StoredResponse};
-use super::workflow::StepReport;
 use super::Rejection;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+
+/// Terminal outcome of an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutcomeKind {
+    /// The writes were committed.
+    Processed,
+    /// A business rule refused it; only the status document was written.
+    Rejected,
+}
+
+impl OutcomeKind {
+    /// Lowercase name, as stored and logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Processed => "processed",
+            OutcomeKind::Rejected => "rejected",
+        }
+    }
+}
+
+/// The first answer, kept verbatim so a replay is byte-for-byte the same.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    /// HTTP status given to a direct caller.
+    pub status: u16,
+    /// `application/json` or `application/problem+json`.
+    pub content_type: String,
+    /// Exact body bytes (UTF-8 JSON).
+    pub body: String,
+}
 
 /// Media type of a success body.
 pub const JSON: &str = "application/json";
@@ -82,21 +112,22 @@ pub fn rejected(operation_id: &str, kind: &str, r: &Rejection) -> StoredResponse
     }
 }
 
-/// A finished workflow: its own ID and kind, each step's outcome, then the workflow's
-/// members (`extra`). A `null` member is kept, so a field the schema promises is present.
+/// A finished workflow: its own ID and kind, each step's outcome (`(step, operation_id,
+/// outcome)`, in order), then the workflow's members (`extra`). A `null` member is kept, so
+/// a field the schema promises is present.
 pub fn workflow(
     operation_id: &str,
     kind: &str,
-    reports: &[StepReport],
+    steps: &[(&str, &str, OutcomeKind)],
     extra: Map<String, Value>,
 ) -> Value {
-    let steps: Vec<Value> = reports
+    let steps: Vec<Value> = steps
         .iter()
-        .map(|r| {
+        .map(|(step, operation_id, outcome)| {
             json!({
-                "step": r.step.name,
-                "operation_id": r.outcome.operation_id,
-                "outcome": r.outcome.record.outcome.as_str(),
+                "step": step,
+                "operation_id": operation_id,
+                "outcome": outcome.as_str(),
             })
         })
         .collect();

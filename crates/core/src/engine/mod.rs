@@ -19,6 +19,7 @@ pub mod parse;
 pub mod record;
 pub mod workflow;
 
+pub use answer::{OutcomeKind, StoredResponse};
 pub use delivery::DeliveryMeta;
 pub use key::{hashed_id, is_valid_document_id, Fingerprint};
 pub use kind::{DocId, Kind};
@@ -30,5 +31,5 @@ pub use parse::{
     doc_id_field, object, positive_field, ParseCtx, Parsed, Registry, ValidationError,
 };
 pub use record::Outcome;
-pub use record::{OutcomeKind, StatusRecord};
+pub use record::StatusRecord;
 pub use workflow::{StepReport, StepSpec, TaskRecord, Workflow};

@@ -1,41 +1,10 @@
 //! The status document: one per operation, written in the same commit as the operation's
 //! business writes, never changed afterwards. Its presence is what makes a redelivery a replay.
 
-use super::answer;
+use super::answer::{self, OutcomeKind, StoredResponse};
 use super::{Decision, DeliveryMeta};
 use firestore::FirestoreInstant;
 use serde::{Deserialize, Serialize};
-
-/// Terminal outcome of an operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutcomeKind {
-    /// The writes were committed.
-    Processed,
-    /// A business rule refused it; only the status document was written.
-    Rejected,
-}
-
-impl OutcomeKind {
-    /// Lowercase name, as stored and logged.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutcomeKind::Processed => "processed",
-            OutcomeKind::Rejected => "rejected",
-        }
-    }
-}
-
-/// The first answer, kept verbatim so a replay is byte-for-byte the same.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredResponse {
-    /// HTTP status given to a direct caller.
-    pub status: u16,
-    /// `application/json` or `application/problem+json`.
-    pub content_type: String,
-    /// Exact body bytes (UTF-8 JSON).
-    pub body: String,
-}
 
 /// Fields of `operations/{operation_id}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -113,7 +113,7 @@ impl ReplayCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::record::{OutcomeKind, StoredResponse};
+    use crate::engine::{OutcomeKind, StoredResponse};
     use std::time::Duration;
 
     fn record(id: &str, expire_in: Duration) -> StatusRecord {

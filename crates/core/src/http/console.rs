@@ -13,8 +13,8 @@
 use super::error::ApiError;
 use super::status::{self, OperationStatus};
 use crate::dead_letter::{BodyEncoding, DeadLetter, RedriveState};
-use crate::engine::record::{OutcomeKind, StatusRecord};
 use crate::engine::ValidationError;
+use crate::engine::{OutcomeKind, StatusRecord};
 use crate::redrive::{self, ItemReport};
 use crate::service::Service;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -239,10 +239,10 @@ pub struct OperationList {
     responses(
         (status = 200, description = "Recent operations, newest first (filters select in \
          Firestore, over every operation).", body = OperationList, content_type = "application/json"),
-        (status = 400, description = "A bad filter.", body = crate::http::openapi::Problem,
+        (status = 400, description = "A bad filter.", body = crate::http::schema::Problem,
          content_type = "application/problem+json"),
         (status = 503, description = "Firestore did not answer.",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_operations(
     State(st): State<Service>,
@@ -299,11 +299,11 @@ pub struct LookupQuery {
         (status = 200, description = "The operation's status.", body = OperationStatus,
          content_type = "application/json"),
         (status = 400, description = "Not exactly one of the look-up parameters.",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such operation.", body = crate::http::openapi::Problem,
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such operation.", body = crate::http::schema::Problem,
          content_type = "application/problem+json"),
         (status = 503, description = "Firestore did not answer.",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn lookup(
     State(st): State<Service>,
@@ -456,10 +456,10 @@ fn doc_id(name: &str) -> String {
     responses(
         (status = 200, description = "Recent dead letters, newest first (filters select in \
          Firestore, over every dead letter).", body = DeadLetterList, content_type = "application/json"),
-        (status = 400, description = "A bad filter.", body = crate::http::openapi::Problem,
+        (status = 400, description = "A bad filter.", body = crate::http::schema::Problem,
          content_type = "application/problem+json"),
         (status = 503, description = "Firestore did not answer.",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_dead_letters(
     State(st): State<Service>,
@@ -505,11 +505,11 @@ fn dead_letter_id(id: Result<Path<String>, PathRejection>) -> Result<String, Api
         (status = 200, description = "The dead letter.", body = DeadLetterDetail,
          content_type = "application/json"),
         (status = 400, description = "Not a dead letter ID.",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such dead letter.",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Firestore did not answer.",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_dead_letter(
     State(st): State<Service>,
@@ -548,11 +548,11 @@ pub async fn get_dead_letter(
          with the attempt recorded; `claimed` means another redrive holds it; `resolved` \
          that an earlier one finished it.", body = ItemReport, content_type = "application/json"),
         (status = 400, description = "Not a dead letter ID.",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such dead letter.",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Firestore did not answer.",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn redrive_dead_letter(
     State(st): State<Service>,

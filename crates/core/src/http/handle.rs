@@ -2,20 +2,23 @@
 //! [`crate::ingest`], answer in the caller's terms, count it and log the decision.
 
 use super::error::ApiError;
-use super::REPLAYED;
 use crate::delivery::{self, Mode};
 use crate::engine::{answer, Outcome, OutcomeKind};
-use crate::ingest::{self, Answer, Received, Target};
+use crate::ingest::{self, Answer, Received};
 use crate::metrics::Delivery;
 use crate::service::Service;
+use crate::service::Target;
 use crate::telemetry;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use std::time::Instant;
 use tracing::Instrument;
+
+/// Header set on a replayed answer (IETF `Idempotency-Key` draft, Stripe).
+pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// The source the push endpoint's URL declares (`?source=pubsub`), for deliveries that carry
 /// nothing to tell them apart (an unwrapped Pub/Sub push without `writeMetadata`).
@@ -41,13 +44,13 @@ pub async fn post_kind(st: Service, req: Request, target: Target) -> Response {
         ("kind" = String, Path, example = "award_points",
          description = "A registered kind, operation or workflow: the set is the service's \
             own (`known_kinds` of a 404 lists it)."),
-        crate::http::openapi::DeliveryHeaders,
+        crate::http::schema::DeliveryHeaders,
     ),
     request_body(
         description = "The kind's body, or a Pub/Sub push envelope or CloudEvent carrying it.",
         content(
-            (crate::http::openapi::TaskRequest = "application/json"),
-            (crate::http::openapi::StructuredCloudEvent = "application/cloudevents+json"),
+            (crate::http::schema::TaskRequest = "application/json"),
+            (crate::http::schema::StructuredCloudEvent = "application/cloudevents+json"),
         )
     ),
     responses(
@@ -59,13 +62,13 @@ pub async fn post_kind(st: Service, req: Request, target: Target) -> Response {
              parameters(("operation_id" = "$response.body#/operation_id")),
              description = "What happened to this operation: `GET /operations/{operation_id}`."))),
          content(
-            (crate::http::openapi::TaskAnswer = "application/json"),
-            (crate::http::openapi::Problem = "application/problem+json"),
+            (crate::http::schema::TaskAnswer = "application/json"),
+            (crate::http::schema::Problem = "application/problem+json"),
          )),
         (status = 400, description = "Malformed JSON, an invalid field or envelope.",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown task kind (`known_kinds` lists them).",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Rejected (recorded and replayed), or a workflow step \
             another delivery is running (`/problems/in-progress`, with `Retry-After`).",
          headers(
@@ -74,13 +77,13 @@ pub async fn post_kind(st: Service, req: Request, target: Target) -> Response {
             ("Retry-After" = u64, description = "For `in-progress`: seconds until the \
              holder's lease expires."),
          ),
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over `ONCE_MAX_BODY_BYTES`.",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not a JSON body.",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
         (status = 422, description = "The key was first used with another payload.",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn post_task(

@@ -24,7 +24,7 @@ pub const PROBE_DOCUMENT: &str = "readyz-probe";
         (status = 200, description = "Firestore answers this instance.", body = String,
          content_type = "text/plain", example = "ready"),
         (status = 503, description = "Firestore did not answer the probe read in time.",
-         body = super::openapi::Problem, content_type = "application/problem+json",
+         body = super::schema::Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u64, description = "Seconds to wait before asking again."))),
     )
 )]
@@ -49,4 +49,16 @@ pub async fn readyz(State(st): State<Service>) -> Response {
         retry_after: cfg.retry_after_secs,
     }
     .into_response()
+}
+
+/// `GET /healthz`: liveness, independent of Firestore.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    responses((status = 200, description = "The process is alive.", body = String,
+               content_type = "text/plain", example = "ok"))
+)]
+pub async fn healthz() -> &'static str {
+    "ok"
 }

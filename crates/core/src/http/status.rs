@@ -15,10 +15,10 @@
 //! rejected at its first step (whose answer named that step's operation ID instead).
 
 use super::error::ApiError;
-use crate::engine::record::{OutcomeKind, StatusRecord};
 use crate::engine::{
     hashed_id, DeliveryMeta, DocRef, Registry, Snapshot, TaskRecord, ValidationError,
 };
+use crate::engine::{OutcomeKind, StatusRecord};
 use crate::guard::lease::Lease;
 use crate::guard::GuardError;
 use crate::service::Service;
@@ -286,9 +286,9 @@ impl OperationStatus {
          stored answer and the first delivery's IDs), a leased step in progress, or a task \
          with each step's state.", body = OperationStatus, content_type = "application/json"),
         (status = 400, description = "Not an operation ID (64 lowercase hex digits).",
-         body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+         body = crate::http::schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such operation (never seen, expired, or a task \
-         rejected at its first step).", body = crate::http::openapi::Problem,
+         rejected at its first step).", body = crate::http::schema::Problem,
          content_type = "application/problem+json"),
     )
 )]
