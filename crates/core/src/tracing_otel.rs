@@ -18,38 +18,10 @@ mod export;
 #[cfg(feature = "otlp")]
 pub use export::{from_env, join_incoming, layer, provider, Traces};
 
-use std::sync::atomic::{AtomicBool, Ordering};
+mod switch;
+pub use switch::{active, configured, TraceInitError, ENDPOINT_VARS, SERVICE_NAME};
+
 use tracing::Span;
-
-/// The standard variables that turn the exporter on, most specific first.
-pub const ENDPOINT_VARS: [&str; 2] = [
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-];
-
-/// Name under which spans are reported unless `OTEL_SERVICE_NAME` says otherwise.
-pub const SERVICE_NAME: &str = "firestore-once";
-
-/// Set once an OpenTelemetry layer exists, so that with tracing off a request pays nothing
-/// for propagation (no header parsing, no extra span fields).
-static ACTIVE: AtomicBool = AtomicBool::new(false);
-
-/// Why the exporter could not be built (a malformed endpoint, most often).
-#[derive(Debug, thiserror::Error)]
-#[error("OTLP trace exporter: {0}")]
-pub struct TraceInitError(String);
-
-/// Whether export is configured in `get`'s environment.
-pub fn configured(get: impl Fn(&str) -> Option<String>) -> bool {
-    ENDPOINT_VARS
-        .iter()
-        .any(|k| get(k).is_some_and(|v| !v.trim().is_empty()))
-}
-
-/// Whether spans are being exported by some layer in this process.
-pub fn active() -> bool {
-    ACTIVE.load(Ordering::Relaxed)
-}
 
 /// Without the `otlp` feature there is no provider to hold.
 #[cfg(not(feature = "otlp"))]
@@ -59,8 +31,8 @@ pub enum Traces {}
 #[cfg(not(feature = "otlp"))]
 pub fn from_env() -> Result<Option<Traces>, TraceInitError> {
     if configured(|k| std::env::var(k).ok()) {
-        return Err(TraceInitError(
-            "OTEL_EXPORTER_OTLP_*ENDPOINT is set, but this build has no `otlp` feature".into(),
+        return Err(TraceInitError::new(
+            "OTEL_EXPORTER_OTLP_*ENDPOINT is set, but this build has no `otlp` feature",
         ));
     }
     Ok(None)

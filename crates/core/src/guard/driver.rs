@@ -7,48 +7,15 @@
 //! [`Code`] so the caller can tell a conflict (nothing written, retry on fresh reads) from an
 //! unknown outcome (answer 503, let the redelivery settle it).
 
+use super::error::DriverError;
 use super::fold::{Guarded, Precondition, Version};
 use crate::engine::{DocRef, Fields, WriteKind};
 use firestore::gcloud_sdk::google::firestore::v1 as pb;
 use firestore::gcloud_sdk::prost_types::Timestamp;
-use firestore::gcloud_sdk::tonic::Code;
 use firestore::FirestoreDb;
 use std::collections::HashMap;
 use std::time::Duration;
 use tracing::Instrument;
-
-/// A Firestore call that failed, with the gRPC code when the server answered.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{call}: {}", match .code { Some(c) => format!("{c:?}: {}", .message), None => .message.clone() })]
-pub struct DriverError {
-    /// Which call (`read`, `commit`).
-    pub call: &'static str,
-    /// The server's code; `None` when no answer came in time (the outcome is unknown).
-    pub code: Option<Code>,
-    /// What the server (or the timeout) said.
-    pub message: String,
-}
-
-impl DriverError {
-    /// A commit refused because a precondition no longer held (`FAILED_PRECONDITION`: a
-    /// document changed since it was read; `ALREADY_EXISTS`: a document that was missing now
-    /// exists) or because the server aborted it: nothing of it was written, so it may be
-    /// decided again on fresh reads.
-    pub fn is_conflict(&self) -> bool {
-        matches!(
-            self.code,
-            Some(Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted)
-        )
-    }
-
-    /// A commit refused for load (`RESOURCE_EXHAUSTED`: the database's writes per second or
-    /// a new key range's ramp-up): Firestore asks for a retry with exponential back-off. It
-    /// is refused before anything is applied, and even if it had been applied the retry's
-    /// preconditions would find its status documents, so retrying is safe.
-    pub fn is_overloaded(&self) -> bool {
-        self.code == Some(Code::ResourceExhausted)
-    }
-}
 
 /// A document as read: its fields and version, `None` when it does not exist.
 pub type ReadDoc = Option<(Fields, Version)>;
@@ -246,24 +213,5 @@ mod tests {
         assert_eq!(field_path("1a"), "`1a`");
         assert_eq!(field_path("a.b"), "`a.b`");
         assert_eq!(field_path("a`b"), "`a\\`b`");
-    }
-
-    #[test]
-    fn conflicts_are_told_from_unknown_outcomes() {
-        let e = |code| DriverError {
-            call: "commit",
-            code,
-            message: String::new(),
-        };
-        assert!(e(Some(Code::FailedPrecondition)).is_conflict());
-        assert!(e(Some(Code::AlreadyExists)).is_conflict());
-        assert!(e(Some(Code::Aborted)).is_conflict());
-        assert!(!e(Some(Code::Unavailable)).is_conflict());
-        assert!(!e(Some(Code::DeadlineExceeded)).is_conflict());
-        assert!(!e(None).is_conflict());
-        assert!(e(Some(Code::ResourceExhausted)).is_overloaded());
-        assert!(!e(Some(Code::ResourceExhausted)).is_conflict());
-        assert!(!e(Some(Code::Unavailable)).is_overloaded());
-        assert!(!e(None).is_overloaded());
     }
 }

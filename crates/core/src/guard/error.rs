@@ -1,10 +1,42 @@
 //! What the guard answers when it cannot produce an outcome, keeping the gRPC code of the
 //! Firestore call that failed so callers and log readers can tell why.
 
-use super::driver::DriverError;
 use crate::engine::record::Outcome;
 use crate::engine::OpError;
 use firestore::gcloud_sdk::tonic::Code;
+
+/// A Firestore call that failed, with the gRPC code when the server answered.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{call}: {}", match .code { Some(c) => format!("{c:?}: {}", .message), None => .message.clone() })]
+pub struct DriverError {
+    /// Which call (`read`, `commit`).
+    pub call: &'static str,
+    /// The server's code; `None` when no answer came in time (the outcome is unknown).
+    pub code: Option<Code>,
+    /// What the server (or the timeout) said.
+    pub message: String,
+}
+
+impl DriverError {
+    /// A commit refused because a precondition no longer held (`FAILED_PRECONDITION`: a
+    /// document changed since it was read; `ALREADY_EXISTS`: a document that was missing now
+    /// exists) or because the server aborted it: nothing of it was written, so it may be
+    /// decided again on fresh reads.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self.code,
+            Some(Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted)
+        )
+    }
+
+    /// A commit refused for load (`RESOURCE_EXHAUSTED`: the database's writes per second or
+    /// a new key range's ramp-up): Firestore asks for a retry with exponential back-off. It
+    /// is refused before anything is applied, and even if it had been applied the retry's
+    /// preconditions would find its status documents, so retrying is safe.
+    pub fn is_overloaded(&self) -> bool {
+        self.code == Some(Code::ResourceExhausted)
+    }
+}
 
 /// Why the guard could not produce an [`Outcome`].
 #[derive(Debug, Clone, thiserror::Error)]
@@ -80,3 +112,27 @@ impl From<DriverError> for GuardError {
 
 /// What the guard answers for one operation.
 pub type Reply = Result<Outcome, GuardError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicts_are_told_from_unknown_outcomes() {
+        let e = |code| DriverError {
+            call: "commit",
+            code,
+            message: String::new(),
+        };
+        assert!(e(Some(Code::FailedPrecondition)).is_conflict());
+        assert!(e(Some(Code::AlreadyExists)).is_conflict());
+        assert!(e(Some(Code::Aborted)).is_conflict());
+        assert!(!e(Some(Code::Unavailable)).is_conflict());
+        assert!(!e(Some(Code::DeadlineExceeded)).is_conflict());
+        assert!(!e(None).is_conflict());
+        assert!(e(Some(Code::ResourceExhausted)).is_overloaded());
+        assert!(!e(Some(Code::ResourceExhausted)).is_conflict());
+        assert!(!e(Some(Code::Unavailable)).is_overloaded());
+        assert!(!e(None).is_overloaded());
+    }
+}

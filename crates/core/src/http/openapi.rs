@@ -1,6 +1,7 @@
 //! The machine-readable description of the HTTP surface: an OpenAPI 3.1 document generated
-//! from the handlers' `#[utoipa::path]` annotations and the types below, served at
-//! `GET /openapi.json` and kept in the repository as `openapi.json`.
+//! from the handlers' `#[utoipa::path]` annotations and the shapes in [`super::schema`]
+//! (re-exported here), served at `GET /openapi.json` and kept in the repository as
+//! `openapi.json`.
 //!
 //! Why generated and not hand-written: the answer types of the status query are the very
 //! types serialized on the wire, and everything else is checked two ways, so the document

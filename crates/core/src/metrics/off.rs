@@ -1,6 +1,6 @@
 //! Built without the `metrics` feature: nothing is registered and nothing recorded.
 
-use super::Delivery;
+use super::delivery::Delivery;
 use std::time::Duration;
 
 /// No series.

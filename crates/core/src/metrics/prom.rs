@@ -1,7 +1,7 @@
 //! The `once_*` series on `prometheus-client` (the official Rust client): the exposition
 //! format is the crate's, not ours.
 
-use super::Delivery;
+use super::delivery::Delivery;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -1,6 +1,6 @@
 //! The OTLP/HTTP exporter and trace-context propagation (the `otlp` feature).
 
-use super::{active, configured, TraceInitError, ACTIVE, SERVICE_NAME};
+use super::switch::{active, configured, TraceInitError, ACTIVE, SERVICE_NAME};
 use http::HeaderMap;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -24,7 +24,9 @@ pub fn provider(traces_url: Option<&str>) -> Result<Traces, TraceInitError> {
     if let Some(url) = traces_url {
         builder = builder.with_endpoint(url);
     }
-    let exporter = builder.build().map_err(|e| TraceInitError(e.to_string()))?;
+    let exporter = builder
+        .build()
+        .map_err(|e| TraceInitError::new(e.to_string()))?;
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(SERVICE_NAME);

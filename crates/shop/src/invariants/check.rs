@@ -1,6 +1,8 @@
 //! The checks themselves: pure, over a [`State`] already read.
 
-use super::*;
+use super::state::*;
+use firestore_once_core::engine::key::hashed_id;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Check `state` against the `initial` stock of every item the run used.
 pub fn check(state: &State, initial: &StockMap) -> Report {

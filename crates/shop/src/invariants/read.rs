@@ -1,6 +1,11 @@
 //! Reading the shop's collections into a [`State`].
 
-use super::*;
+use super::check::check;
+use super::state::*;
+use crate::config::ShopConfig;
+use firestore::gcloud_sdk::google::firestore::v1::Document;
+use firestore::FirestoreDb;
+use serde::Deserialize;
 
 /// Why the checker could not read the database.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,5 @@
 use super::*;
+use firestore_once_core::engine::key::hashed_id;
 
 fn order(id: &str, lines: &[(&str, i64)], state: &str) -> (String, Result<OrderState, String>) {
     (
