@@ -57,6 +57,7 @@ pub fn service(
     project_id: impl Into<Arc<str>>,
 ) -> Service {
     shop.operations = config.collections.operations.clone();
+    shop.placement = shop.placement.with_scarce_main(config.doc_budget.is_some());
     let kinds = registry(&shop, Arc::new(LocalCarrier));
     Service::new(guard, config, project_id, kinds)
         .route("/orders", order::KIND)

@@ -107,6 +107,9 @@ struct State {
     base: u32,
     /// Every item is spread from its first order (tests of the shard rules).
     spread_all: bool,
+    /// Writes to an item's main document are scarce (a write budget): a refill from plenty
+    /// fills every shard at once (see `ItemStock`).
+    scarce_main: bool,
     plans: Mutex<HashMap<String, Plan>>,
 }
 
@@ -118,6 +121,7 @@ impl Placement {
     pub fn new(k: u32) -> Self {
         Self(Arc::new(State {
             base: k,
+            scarce_main: true,
             ..State::default()
         }))
     }
@@ -128,8 +132,29 @@ impl Placement {
         Self(Arc::new(State {
             base: self.0.base,
             spread_all: true,
+            scarce_main: self.0.scarce_main,
             plans: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Whether every write to an item's main document is scarce: under a write budget
+    /// (production's one commit a second) a refill from plenty fills every shard at once, so
+    /// the other instances find theirs filled and never write main for it. Without one (the
+    /// emulator's terms) each instance refills its own shards only: filling every shard
+    /// writes the shards other instances sell from, and each such write refuses one of their
+    /// commits.
+    pub fn with_scarce_main(self, scarce: bool) -> Self {
+        Self(Arc::new(State {
+            base: self.0.base,
+            spread_all: self.0.spread_all,
+            scarce_main: scarce,
+            plans: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// See [`with_scarce_main`](Self::with_scarce_main).
+    pub fn scarce_main(&self) -> bool {
+        self.0.scarce_main
     }
 
     /// The first shard items take.

@@ -61,8 +61,8 @@ pub struct ItemStock {
 /// No pick held.
 const NO_PICK: u64 = u64::MAX;
 
-/// Units per shard from which a refill spreads main over every shard, not only this
-/// instance's: a thousand orders' worth in each.
+/// Units per shard from which a refill spreads main over every shard (under a write
+/// budget, see [`Placement::with_scarce_main`]), not only this instance's: a thousand orders' worth in each.
 pub const SPREAD_ALL_FROM: i64 = 1_000;
 
 /// What taking `q` units decided.
@@ -303,12 +303,14 @@ impl ItemStock {
         q: i64,
     ) -> Result<Vec<Write>, OpError> {
         let k = i64::from(self.shards);
-        // Plenty in main: spread it over every shard at once, so the other instances find
-        // theirs filled and never write main for it (it sustains one write a second for all
-        // of them). Scarce: this instance's set only, or the last units end up fragmented.
-        // Never a shard this instance hands out (its lane refills it): only those waiting
-        // to be filled, and, from plenty, those nobody here sells from.
-        let everywhere = main >= k.saturating_mul(SPREAD_ALL_FROM);
+        // Plenty in main, and main's writes scarce (a write budget): spread it over every
+        // shard at once, so the other instances find theirs filled and never write main for
+        // it (it sustains one write a second for all of them). Little in main: this
+        // instance's set only, or the last units end up fragmented. Never a shard this
+        // instance hands out (its lane refills it): only those waiting to be filled, and,
+        // from plenty, those nobody here sells from.
+        let scarce_main = self.placement.as_ref().is_some_and(Placement::scarce_main);
+        let everywhere = scarce_main && main >= k.saturating_mul(SPREAD_ALL_FROM);
         let (handed, pending) = self.own_sets();
         let others: Vec<DocRef> = if everywhere {
             (0..self.shards).filter(|s| !handed.contains(s)).collect()

@@ -1,9 +1,10 @@
 //! Scenario family 6: the service measured through the limits proxy (tools/limits-proxy),
-//! which enforces production Firestore's per-document commit rate and its 500 writes per
-//! commit in front of the emulator. The service runs with its write budget set to the
-//! proxy's rate, as it would be set to production's; the row adds what only the proxy sees:
-//! the ABORTED answers it gave (all, and after the first 10 s) and the most commits one
-//! document received in one second.
+//! which enforces production Firestore's per-document commit rate, its 500 writes per
+//! commit and its 10,000 writes a second per database in front of the emulator. The service
+//! runs with its write budget set to the proxy's rate, as it would be set to production's;
+//! the row adds what only the proxy sees: the ABORTED answers it gave (all, and after the
+//! first 10 s), the RESOURCE_EXHAUSTED ones (the database's writes per second), and the most
+//! commits one document received in one second.
 
 use crate::env::Env;
 use crate::measure::Row;
@@ -19,21 +20,22 @@ use std::process::{Child, Command, Stdio};
 /// items spreading to shards) is over.
 pub(crate) const SETTLED_AFTER_SECS: usize = 10;
 
-/// The guard's burst on top of its rate (`ONCE_DOC_COMMIT_BURST` default): what a document
-/// may take in one second is the rate plus this.
-const GUARD_BURST: f64 = 2.0;
-
 /// What the proxy counted over one row.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ProxyFigures {
     /// The commit rate per document it allowed (and the service's budget).
     pub(crate) rate: f64,
+    /// The burst it allowed on top (`--doc-burst`, production's tolerance; the service's own
+    /// burst is smaller).
+    pub(crate) burst: f64,
     /// Commits it refused with ABORTED for the per-document rate: answers the service saw.
     pub(crate) aborted: u64,
     /// Of those, refused after the first [`SETTLED_AFTER_SECS`] seconds.
     pub(crate) aborted_late: u64,
     /// Commits it refused for carrying more than 500 writes.
     pub(crate) too_large: u64,
+    /// Commits it refused with RESOURCE_EXHAUSTED for the database's writes per second.
+    pub(crate) database: u64,
     /// The most commits one document received within one second.
     pub(crate) busiest: u64,
     /// That document, under `documents/`.
@@ -135,19 +137,25 @@ impl Env {
         });
         Ok(ProxyFigures {
             rate,
+            burst: stats.limits.doc_burst,
             aborted: stats.totals.commits_refused_rate,
             aborted_late: late,
             too_large: stats.totals.commits_refused_size,
+            database: stats.totals.commits_refused_database,
             busiest,
             busiest_doc,
         })
     }
 }
 
-/// Whether `r`'s busiest document stayed inside the budget the service was given: its rate
-/// plus its burst in one second, and nothing refused after the start-up.
+/// Whether every document stayed inside production's budget, by the proxy's own count. The
+/// proxy forwards nothing past a document's bucket (at most burst + rate commits in one
+/// second), so what shows a service pressing past it is a refusal: any ABORTED after the
+/// start-up, or a commit over 500 writes. The busiest document's second is printed against
+/// that bound for the reader; each instance keeps its own budget, so instances sharing a
+/// document at start-up can together reach the proxy's burst.
 fn inside_budget(p: &ProxyFigures) -> bool {
-    p.aborted_late == 0 && p.too_large == 0 && (p.busiest as f64) <= p.rate + GUARD_BURST
+    p.aborted_late == 0 && p.too_large == 0 && (p.busiest as f64) <= p.rate + p.burst
 }
 
 /// The table of the rows through the proxy.
@@ -163,14 +171,17 @@ pub(crate) fn table(s: &mut String, rows: &[Row]) {
     );
     let _ = writeln!(
         s,
-        "| scenario | commits/s/doc | clients | instances | orders | orders/s | p50 ms | p99 ms | failed/5xx | ABORTED (after {SETTLED_AFTER_SECS} s) | most commits/s on one document |"
+        "| scenario | commits/s/doc | clients | instances | orders | orders/s | p50 ms | p99 ms | failed/5xx | ABORTED (after {SETTLED_AFTER_SECS} s) | RESOURCE_EXHAUSTED | most commits/s on one document |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
     for r in limited {
         let Some(p) = &r.proxy else { continue };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {}{} | {} ({}) | {} ({}) |",
+            "| {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {}{} | {} ({}) | {} | {} ({}) |",
             r.scenario,
             p.rate,
             r.clients,
@@ -187,6 +198,7 @@ pub(crate) fn table(s: &mut String, rows: &[Row]) {
             },
             p.aborted,
             p.aborted_late,
+            p.database,
             p.busiest,
             p.busiest_doc,
         );
@@ -211,7 +223,8 @@ pub(crate) fn targets(s: &mut String, rows: &[Row]) {
                 "Scenario 6, 1 commit/s/doc, 1000 clients, {n} instance(s): {:.0} orders/s \
                  (target ≥ 1000: {}), p99 {:.0} ms (target ≤ 2500: {}), failed {} (target 0: {}), \
                  ABORTED after {SETTLED_AFTER_SECS} s {} (target 0: {}), busiest document {} \
-                 commits in one second (inside the budget: {})",
+                 commits in one second of the {} production allows (burst {} + rate {}; \
+                 inside the budget, by the proxy's count: {})",
                 r.per_sec,
                 mark(r.per_sec >= 1000.0),
                 r.p99_ms,
@@ -221,6 +234,9 @@ pub(crate) fn targets(s: &mut String, rows: &[Row]) {
                 p.aborted_late,
                 mark(p.aborted_late == 0),
                 p.busiest,
+                p.burst + p.rate,
+                p.burst,
+                p.rate,
                 mark(inside_budget(p)),
             );
         }

@@ -28,8 +28,8 @@ pub(crate) fn row_line(r: &Row) -> String {
         .map_or(String::new(), |c| format!("  emulator {c:.3} ms/order"))
         + &r.proxy.as_ref().map_or(String::new(), |p| {
             format!(
-                "  proxy {}/s: ABORTED {} ({} after 10 s), busiest {} commits/s ({})",
-                p.rate, p.aborted, p.aborted_late, p.busiest, p.busiest_doc
+                "  proxy {}/s: ABORTED {} ({} after 10 s), RESOURCE_EXHAUSTED {}, busiest {} commits/s ({})",
+                p.rate, p.aborted, p.aborted_late, p.database, p.busiest, p.busiest_doc
             )
         })
 }

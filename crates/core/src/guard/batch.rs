@@ -2,7 +2,7 @@
 //! left), fold, commit with preconditions, and retry on conflicts with a jittered back-off.
 //! Also the small read-modify-write the leases use, done the same optimistic way.
 
-use super::driver::DriverError;
+use super::error::DriverError;
 use super::error::{GuardError, Reply, Unavailable};
 use super::{fold, known, lock, Inner, Load, Pending};
 use crate::engine::{CommitReport, DocRef, Snapshot, Write};
@@ -34,10 +34,12 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(cap / 4 + fastrand::u64(0..=cap * 3 / 4))
 }
 
-/// Most times one operation goes back to its lane for a document's budget before it gives
-/// up (each wait is at most one interval; another lane of this instance can take the token
-/// first).
-pub(super) const MAX_BUDGET_WAITS: u32 = 16;
+/// Longest an operation stays queued while its batch is held back for a document's budget
+/// before it gives up. A request's own deadline (`ONCE_REQUEST_TIMEOUT_MS`, 8 s) ends its
+/// wait first and takes it out of the lane; this bounds a caller that set none. A count of
+/// give-backs would not do: at 10 commits a second, 16 of them are 1.6 s, well inside a
+/// deadline (it failed 498 orders of a 4-instance bench row).
+pub(super) const MAX_HELD_BACK: Duration = Duration::from_secs(60);
 
 /// How [`Inner::run_batch`] ended.
 pub(super) struct BatchEnd {

@@ -30,7 +30,7 @@ pub mod lease;
 pub mod workflow;
 
 pub use budget::Budget;
-pub use error::{GuardError, Reply, Unavailable};
+pub use error::{DriverError, GuardError, Reply, Unavailable};
 
 use crate::engine::record::{Outcome, StatusRecord};
 use crate::engine::DeliveryMeta;
@@ -42,7 +42,7 @@ use firestore::{FirestoreDb, FirestoreInstant};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -81,6 +81,8 @@ struct Pending {
     span: tracing::Span,
     /// How many times its batch went back to the lane for a document's budget.
     throttled: u32,
+    /// When it was queued.
+    queued: Instant,
 }
 
 const STRIPES: usize = 1024;
@@ -180,6 +182,7 @@ impl Guard {
             delivery,
             reply,
             throttled: 0,
+            queued: Instant::now(),
             span: if crate::tracing_otel::active() {
                 tracing::Span::current()
             } else {
@@ -345,15 +348,18 @@ async fn lead_lane(inner: Arc<Inner>, lane: Vec<DocRef>) {
         let mut rest = batch.split_off(replies.len().min(batch.len()));
         if let Some(wait) = end.throttled {
             held_back = wait;
-            // An operation held back this often is answered as not settled (503 and
-            // Retry-After) rather than queued for ever.
+            // Held back, nothing of it written: an operation whose caller stopped waiting (its
+            // deadline answered 503) leaves the lane, and one held back for longer than any
+            // caller waits is answered as not settled (503 and Retry-After), never queued for
+            // ever.
             let (keep, give_up): (Vec<Pending>, Vec<Pending>) = rest
                 .into_iter()
+                .filter(|p| !p.reply.is_closed())
                 .map(|mut p| {
                     p.throttled += 1;
                     p
                 })
-                .partition(|p| p.throttled <= batch::MAX_BUDGET_WAITS);
+                .partition(|p| p.queued.elapsed() <= batch::MAX_HELD_BACK);
             rest = keep;
             for p in give_up {
                 inner.metrics.gave_up();

@@ -172,6 +172,33 @@ fn a_refill_from_plenty_fills_every_shard_in_one_write_to_main() {
 }
 
 #[test]
+fn without_a_write_budget_a_refill_from_plenty_fills_only_its_own_shard() {
+    let it = ItemStock::new(
+        "items",
+        "a",
+        4,
+        Some(
+            &Placement::new(2)
+                .spreading_every_item()
+                .with_scarce_main(false),
+        ),
+    );
+    let sh = |k: u32| DocRef::new("items/a/shards", k.to_string());
+    let mut docs = vec![(it.main().clone(), n(40_000))];
+    docs.extend((0..4).map(|k| (sh(k), None)));
+    let mut s = snap(docs);
+    let t = it.take(&s, 1).unwrap();
+    let written = after(&mut s, t);
+    // Main and the own shard: the shards other instances sell from are left to them.
+    assert_eq!(written.len(), 2);
+    assert_eq!(units(&s, &sh(2)), 9_999);
+    assert_eq!(units(&s, it.main()), 30_000);
+    for k in [0, 1, 3] {
+        assert_eq!(units(&s, &sh(k)), 0);
+    }
+}
+
+#[test]
 fn the_last_units_are_gathered_across_shards() {
     let it = ItemStock::new(
         "items",
