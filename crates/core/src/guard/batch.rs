@@ -2,8 +2,7 @@
 //! left), fold, commit with preconditions, and retry on conflicts with a jittered back-off.
 //! Also the small read-modify-write the leases use, done the same optimistic way.
 
-use super::error::DriverError;
-use super::error::{GuardError, Reply, Unavailable};
+use super::error::{DriverError, GuardError, Reply, Unavailable};
 use super::{fold, known, lock, Inner, Load, Pending};
 use crate::engine::{CommitReport, DocRef, Snapshot, Write};
 use firestore::gcloud_sdk::tonic::Code;

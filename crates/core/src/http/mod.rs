@@ -13,8 +13,7 @@ pub mod status;
 
 pub use handle::REPLAYED;
 
-use crate::service::Service;
-use crate::service::Target;
+use crate::service::{Service, Target};
 use axum::extract::{Request, State};
 use axum::routing::{get, post};
 use axum::Router;
