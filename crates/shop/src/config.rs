@@ -13,7 +13,7 @@ pub struct ShopConfig {
     /// Accepted orders (`ONCE_ORDERS_COLLECTION`, default `orders`).
     pub orders: String,
     /// The core's status documents (`ONCE_OPERATIONS_COLLECTION`, as the core reads it): a
-    /// cancellation reads the order's status document. [`crate::service`] sets it from the
+    /// cancellation reads the order's status document. [`crate::service`](fn@crate::service) sets it from the
     /// core's configuration, so the two never differ.
     pub operations: String,
     /// `fulfil_order` progress (`ONCE_FULFILMENTS_COLLECTION`, default `fulfilments`).

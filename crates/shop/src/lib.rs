@@ -5,7 +5,7 @@
 //!
 //! Everything here goes through the core's public API, as any service of your own would:
 //! kinds implement `engine::Operation` or `engine::Workflow`, [`registry`] registers them,
-//! and [`service`] serves them (`POST /orders` as a route of the `order` kind, the `order_id`
+//! and [`service`](fn@service) serves them (`POST /orders` as a route of the `order` kind, the `order_id`
 //! look-up, the shop's OpenAPI shapes).
 
 pub mod cancel;
@@ -65,7 +65,7 @@ pub fn service(
         .openapi(openapi::extend)
 }
 
-/// [`service`] for `config` and `shop`: the project resolved, a Firestore client, one guard.
+/// [`service`](fn@service) for `config` and `shop`: the project resolved, a Firestore client, one guard.
 pub async fn connect(config: Config, shop: ShopConfig) -> anyhow::Result<Service> {
     let project_id = firestore_once_core::config::resolve_project_id(&config).await?;
     let db = service::connect_db(&config, &project_id, None).await?;

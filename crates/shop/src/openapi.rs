@@ -1,6 +1,6 @@
 //! The shop's part of the OpenAPI document: `POST /orders`, the request and answer shapes of
 //! its kinds (in place of the core's generic `TaskRequest`), its examples, and the `order_id`
-//! look-up. [`extend`] is what [`crate::service`] hands to `Service::openapi`. Documentation
+//! look-up. [`extend`] is what [`crate::service`](fn@crate::service) hands to `Service::openapi`. Documentation
 //! only: the kinds parse their payloads themselves, with precise field errors.
 
 use firestore_once_core::http::openapi::{

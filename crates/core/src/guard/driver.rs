@@ -3,9 +3,10 @@
 //! `Commit` whose writes carry preconditions (see [`super::fold`]).
 //!
 //! No read-write transaction is opened anywhere: nothing is locked between a read and its
-//! commit, so a crashed instance or a lost answer can strand nothing. Errors keep the gRPC
-//! [`Code`] so the caller can tell a conflict (nothing written, retry on fresh reads) from an
-//! unknown outcome (answer 503, let the redelivery settle it).
+//! commit, so a crashed instance or a lost answer can strand nothing. Errors
+//! ([`DriverError`]) keep the gRPC [`Code`](firestore::gcloud_sdk::tonic::Code) so the caller
+//! can tell a conflict (nothing written, retry on fresh reads) from an unknown outcome
+//! (answer 503, let the redelivery settle it).
 
 use super::error::DriverError;
 use super::fold::{Guarded, Precondition, Version};

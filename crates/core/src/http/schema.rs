@@ -177,7 +177,7 @@ pub struct DeadLetteredAnswer {
 }
 
 /// A JSON body of `POST /tasks/{kind}`: the kind's own payload, or a Pub/Sub push envelope
-/// carrying it. A service replaces this with its kinds' shapes ([`Service::openapi`]).
+/// carrying it. A service replaces this with its kinds' shapes ([`Service::openapi`](crate::service::Service::openapi)).
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum TaskRequest {

@@ -5,7 +5,7 @@
 //! committed, a 503 whose commit landed anyway). The database cannot, so every reliability
 //! scenario ends here, and so can an operator after an incident (`check-invariants`).
 //!
-//! Checked, for the collections of [`ShopConfig`]:
+//! Checked, for the collections of [`ShopConfig`](crate::config::ShopConfig):
 //!
 //! 1. **Stock adds up.** For every item: `initial + restocked = current + held`, where
 //!    `current` is the item's total stock, `{items}/{id}.stock` plus every shard
