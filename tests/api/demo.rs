@@ -3,6 +3,7 @@
 
 use crate::helpers::free_port;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,6 +12,17 @@ const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator/demo");
 
 fn demo(port: u16, emulator_port: u16, log: &PathBuf) -> Command {
     let mut cmd = Command::new(DEMO);
+    // A demo started from a terminal gets SIGHUP's default disposition. A test run under
+    // `nohup` (or anything else that ignores SIGHUP) would hand the demo an ignored SIGHUP,
+    // which a shell can neither trap nor reset, and the terminal-close test would measure
+    // that instead of the demo.
+    // SAFETY: `signal` is async-signal-safe, the only call between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     cmd.env("PORT", port.to_string())
         .env("DEMO_EMULATOR_PORT", emulator_port.to_string())
         // The binary cargo built for this test run: no nested `cargo build` on a locked target.
