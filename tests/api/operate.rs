@@ -80,9 +80,6 @@ async fn json_logs_carry_severity_trace_and_the_decision_fields() {
         EnvFilter::new("info"),
         move || writer.clone(),
     ));
-    // Callsites met first on other test threads (no subscriber) may have cached "never";
-    // ask every callsite again now that a scoped dispatcher exists.
-    tracing::callsite::rebuild_interest_cache();
     let send = |req: Request<Body>| {
         router
             .clone()

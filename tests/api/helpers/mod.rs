@@ -118,8 +118,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A fresh project ID.
+/// A fresh project ID. Every test asks for one first, so this is also where the process gets
+/// its global subscriber (see [`AskEveryTime`]).
 pub fn project() -> String {
+    static GLOBAL: std::sync::Once = std::sync::Once::new();
+    GLOBAL.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(AskEveryTime);
+    });
     format!("test-{}", uuid::Uuid::new_v4().simple())
 }
 
@@ -265,4 +270,32 @@ impl TestApp {
     pub async fn order_owned(&self, body: Value) -> u16 {
         self.order(&body).await.status().as_u16()
     }
+}
+
+/// The test binary's global subscriber: records nothing, but tells every callsite to ask the
+/// current dispatcher each time. Without it, `tracing-core` caches a callsite's interest from
+/// whichever dispatcher the registering thread has: a callsite first met on a test thread with
+/// none is "never" for the whole process, and the JSON-log test's scoped dispatcher (the only
+/// one) would miss events from callsites another test met first, depending on the order the
+/// parallel tests ran in.
+struct AskEveryTime;
+
+impl tracing::Subscriber for AskEveryTime {
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        false
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
 }
